@@ -1,0 +1,213 @@
+//! The BERT-family transformer encoder (BERT and RoBERTa), differentiable end to end.
+//!
+//! One definition serves inference and training: weights are plain tensors, and the ones being trained are
+//! `Var`s sharing storage with them. Weight names mirror HF (`embeddings.*`, `encoder.layer.N.*`). The two
+//! families differ only in position ids (BERT: 0..s; RoBERTa: `padding_idx + 1 + rank among non-pad tokens`)
+//! and in the number of token types, both handled in [`EncodedBatch`](super::tokenize::EncodedBatch).
+
+use super::config::ModelConfig;
+use super::ops::{gelu, layer_norm, softmax_last_dim};
+use candle_core::{DType, Result, Tensor};
+use candle_nn::VarBuilder;
+
+/// Inputs of one forward pass, already on the model's device.
+#[derive(Debug, Clone)]
+pub struct EncoderInput {
+    /// Token ids, (batch, seq), u32.
+    pub input_ids: Tensor,
+    /// Token type ids, (batch, seq), u32.
+    pub token_type_ids: Tensor,
+    /// Position ids, (batch, seq), u32.
+    pub position_ids: Tensor,
+    /// 1 for real tokens, 0 for padding, (batch, seq), float.
+    pub attention_mask: Tensor,
+    /// Additive attention bias: 0 for real tokens, a large negative value for padding, (batch, 1, 1, seq).
+    pub attention_bias: Tensor,
+    /// Flat indices (row * seq + position) of each row's mask token, for prompt heads.
+    pub mask_positions: Option<Tensor>,
+}
+
+/// A dense layer `x W^T + b` with HF weight layout (out, in).
+#[derive(Debug, Clone)]
+pub struct Dense {
+    /// (out, in).
+    pub weight: Tensor,
+    /// (out).
+    pub bias: Tensor,
+}
+
+impl Dense {
+    /// Loads `weight` and `bias` under `vb`.
+    pub fn load(vb: VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get((out_dim, in_dim), "weight")?,
+            bias: vb.get(out_dim, "bias")?,
+        })
+    }
+
+    /// Applies the layer to the last dimension of `x` (any rank ≥ 2).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let in_dim = dims[dims.len() - 1];
+        let rows = x.elem_count() / in_dim;
+        let out_dim = self.weight.dim(0)?;
+        let y = x
+            .reshape((rows, in_dim))?
+            .matmul(&self.weight.t()?)?
+            .broadcast_add(&self.bias)?;
+        let mut out_dims = dims;
+        let last = out_dims.len() - 1;
+        out_dims[last] = out_dim;
+        y.reshape(out_dims)
+    }
+}
+
+/// LayerNorm parameters (`weight`, `bias`) and epsilon.
+#[derive(Debug, Clone)]
+pub struct Norm {
+    /// Scale.
+    pub weight: Tensor,
+    /// Shift.
+    pub bias: Tensor,
+    /// Epsilon.
+    pub eps: f64,
+}
+
+impl Norm {
+    /// Loads `weight` and `bias` under `vb`.
+    pub fn load(vb: VarBuilder, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get(dim, "weight")?,
+            bias: vb.get(dim, "bias")?,
+            eps,
+        })
+    }
+
+    /// Normalizes the last dimension.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        layer_norm(x, &self.weight, &self.bias, self.eps)
+    }
+}
+
+/// Word, position and token-type embeddings followed by LayerNorm.
+#[derive(Debug, Clone)]
+pub struct Embeddings {
+    /// (vocab, hidden); also the tied decoder of masked-LM heads.
+    pub word: Tensor,
+    position: Tensor,
+    token_type: Tensor,
+    norm: Norm,
+}
+
+impl Embeddings {
+    fn load(vb: VarBuilder, cfg: &ModelConfig) -> Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(Self {
+            word: vb.get((cfg.vocab_size, h), "word_embeddings.weight")?,
+            position: vb.get((cfg.max_position_embeddings, h), "position_embeddings.weight")?,
+            token_type: vb.get((cfg.type_vocab_size, h), "token_type_embeddings.weight")?,
+            norm: Norm::load(vb.pp("LayerNorm"), h, cfg.layer_norm_eps)?,
+        })
+    }
+
+    fn forward(&self, input: &EncoderInput) -> Result<Tensor> {
+        let (b, s) = input.input_ids.dims2()?;
+        let h = self.word.dim(1)?;
+        let lookup = |table: &Tensor, ids: &Tensor| -> Result<Tensor> {
+            table.index_select(&ids.flatten_all()?, 0)?.reshape((b, s, h))
+        };
+        let x = lookup(&self.word, &input.input_ids)?;
+        let x = (x + lookup(&self.position, &input.position_ids)?)?;
+        let x = (x + lookup(&self.token_type, &input.token_type_ids)?)?;
+        self.norm.forward(&x)
+    }
+}
+
+/// One transformer layer (post-LayerNorm, as in BERT).
+#[derive(Debug, Clone)]
+pub struct Layer {
+    query: Dense,
+    key: Dense,
+    value: Dense,
+    attn_out: Dense,
+    attn_norm: Norm,
+    ffn_in: Dense,
+    ffn_out: Dense,
+    out_norm: Norm,
+    heads: usize,
+}
+
+impl Layer {
+    fn load(vb: VarBuilder, cfg: &ModelConfig) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let i = cfg.intermediate_size;
+        let att = vb.pp("attention");
+        Ok(Self {
+            query: Dense::load(att.pp("self").pp("query"), h, h)?,
+            key: Dense::load(att.pp("self").pp("key"), h, h)?,
+            value: Dense::load(att.pp("self").pp("value"), h, h)?,
+            attn_out: Dense::load(att.pp("output").pp("dense"), h, h)?,
+            attn_norm: Norm::load(att.pp("output").pp("LayerNorm"), h, cfg.layer_norm_eps)?,
+            ffn_in: Dense::load(vb.pp("intermediate").pp("dense"), h, i)?,
+            ffn_out: Dense::load(vb.pp("output").pp("dense"), i, h)?,
+            out_norm: Norm::load(vb.pp("output").pp("LayerNorm"), h, cfg.layer_norm_eps)?,
+            heads: cfg.num_attention_heads,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, attention_bias: &Tensor) -> Result<Tensor> {
+        let (b, s, h) = x.dims3()?;
+        let dh = h / self.heads;
+        let split = |t: Tensor| -> Result<Tensor> {
+            t.reshape((b, s, self.heads, dh))?.transpose(1, 2)?.contiguous()
+        };
+        let scale = 1.0 / (dh as f64).sqrt();
+        let q = split((self.query.forward(x)? * scale)?)?;
+        let k = split(self.key.forward(x)?)?;
+        let v = split(self.value.forward(x)?)?;
+        let scores = q.matmul(&k.t()?)?.broadcast_add(attention_bias)?;
+        let probs = softmax_last_dim(&scores)?;
+        let ctx = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b, s, h))?;
+        let a = self.attn_norm.forward(&(self.attn_out.forward(&ctx)? + x)?)?;
+        let f = gelu(&self.ffn_in.forward(&a)?)?;
+        self.out_norm.forward(&(self.ffn_out.forward(&f)? + a)?)
+    }
+}
+
+/// The encoder body: embeddings and transformer layers (no pooler; poolers belong to task heads).
+#[derive(Debug, Clone)]
+pub struct Encoder {
+    /// Embedding block.
+    pub embeddings: Embeddings,
+    layers: Vec<Layer>,
+    /// Compute dtype (f32 normally, f64 in gradient checks).
+    pub dtype: DType,
+}
+
+impl Encoder {
+    /// Builds the encoder from weights under `embeddings.*` and `encoder.layer.N.*`.
+    pub fn load(vb: VarBuilder, cfg: &ModelConfig) -> Result<Self> {
+        let embeddings = Embeddings::load(vb.pp("embeddings"), cfg)?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| Layer::load(vb.pp("encoder").pp("layer").pp(i), cfg))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            embeddings,
+            layers,
+            dtype: vb.dtype(),
+        })
+    }
+
+    /// Hidden states of the last layer, (batch, seq, hidden).
+    pub fn forward(&self, input: &EncoderInput) -> Result<Tensor> {
+        let mut x = self.embeddings.forward(input)?;
+        for layer in &self.layers {
+            x = layer.forward(&x, &input.attention_bias)?;
+        }
+        Ok(x)
+    }
+}
