@@ -1,9 +1,13 @@
 //! skillgraft: serve many fine-tuned tasks from one pre-trained transformer by grafting each task's
 //! sparse skill region (Panigrahi et al., ICML 2023) onto the shared base model.
 
+pub mod cli;
 pub mod data;
+pub mod graft;
 pub mod metrics;
 pub mod model;
+pub mod store;
+pub mod train;
 
 use std::path::PathBuf;
 

@@ -1,1 +1,17 @@
-fn main() {}
+//! The `skillgraft` binary: see `skillgraft --help`.
+
+use clap::Parser;
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = skillgraft::cli::Cli::parse();
+    if let Err(e) = skillgraft::cli::run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -5,8 +5,10 @@
 
 pub mod config;
 pub mod encoder;
+pub mod export;
 pub mod heads;
 pub mod ops;
+pub mod predict;
 pub mod tokenize;
 pub mod weights;
 
@@ -70,4 +72,113 @@ impl ParamSet {
 /// A tensor map keyed the way candle's `VarBuilder` expects.
 pub fn to_hash_map(tensors: &BTreeMap<String, Tensor>) -> std::collections::HashMap<String, Tensor> {
     tensors.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// The base model a process serves: weights, tokenizer, device, and a display name.
+#[derive(Clone)]
+pub struct BaseModel {
+    /// Config and weights.
+    pub model: LoadedModel,
+    /// Tokenizer.
+    pub tokenizer: TextEncoder,
+    /// Compute device.
+    pub device: candle_core::Device,
+    /// Display name (the directory name).
+    pub name: String,
+}
+
+impl BaseModel {
+    /// Loads an HF directory (needs `tokenizer.json`); `max_len` caps tokens per input.
+    pub fn load(dir: &std::path::Path, device: &candle_core::Device, max_len: usize) -> Result<Self> {
+        let model = LoadedModel::load(dir, device)?;
+        let Some(tok) = &model.files.tokenizer else {
+            bail!("{} has no tokenizer.json", dir.display());
+        };
+        let tokenizer = TextEncoder::from_file(tok, &model.config, max_len)?;
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_else(|| "model".into());
+        Ok(Self {
+            model,
+            tokenizer,
+            device: device.clone(),
+            name,
+        })
+    }
+
+    /// An input builder for a head on this base.
+    pub fn inputs(&self, head: HeadSpec) -> predict::InputBuilder {
+        predict::InputBuilder {
+            tokenizer: self.tokenizer.clone(),
+            config: self.model.config.clone(),
+            head,
+            device: self.device.clone(),
+            dtype: candle_core::DType::F32,
+        }
+    }
+
+    /// Builds a head spec of `kind` for a task on this base (label-word ids from this tokenizer).
+    pub fn head_spec(&self, kind: HeadKind, task: &crate::data::TaskSpec, temperature: f64) -> Result<HeadSpec> {
+        let n = task.labels.len();
+        Ok(match kind {
+            HeadKind::Prototype => {
+                if task.label_descriptions.len() != n {
+                    bail!("task `{}` has no label descriptions for a prototype head", task.name);
+                }
+                HeadSpec::Prototype {
+                    descriptions: task.label_descriptions.clone(),
+                    temperature,
+                }
+            }
+            HeadKind::BertClassifier => HeadSpec::BertClassifier { num_labels: n },
+            HeadKind::RobertaClassifier => HeadSpec::RobertaClassifier { num_labels: n },
+            HeadKind::Linear => HeadSpec::Linear {
+                num_labels: n,
+                pooling: Pooling::Cls,
+            },
+            HeadKind::Prompt => {
+                if task.label_words.len() != n {
+                    bail!("task `{}` has no label words for a prompt head", task.name);
+                }
+                let ids = task
+                    .label_words
+                    .iter()
+                    .map(|w| self.tokenizer.label_word_id(w))
+                    .collect::<Result<Vec<_>>>()?;
+                HeadSpec::Prompt {
+                    template: task.template.clone(),
+                    label_words: task.label_words.clone(),
+                    label_word_ids: ids,
+                }
+            }
+        })
+    }
+
+    /// Fresh head tensors for a new task (prototypes computed from this base).
+    pub fn init_head(&self, spec: &HeadSpec, seed: u64) -> Result<BTreeMap<String, Tensor>> {
+        match spec {
+            HeadSpec::Prototype { descriptions, .. } => {
+                let t = crate::train::prototype_tensor(&self.model, &self.inputs(spec.clone()), descriptions)?;
+                Ok(BTreeMap::from([("prototype.weight".to_string(), t)]))
+            }
+            _ => heads::init_head_tensors(spec, &self.model.config, &self.model.weights.tensors, seed),
+        }
+    }
+}
+
+/// Head kinds a user can ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum HeadKind {
+    /// Frozen prototypes (base embeddings of label descriptions), cosine / τ.
+    Prototype,
+    /// BERT pooler + linear classifier (HF BertForSequenceClassification).
+    BertClassifier,
+    /// RoBERTa dense + out_proj (HF RobertaForSequenceClassification).
+    RobertaClassifier,
+    /// One linear layer on [CLS].
+    Linear,
+    /// The base's masked-LM head on a prompt template, one label word per class.
+    Prompt,
 }

@@ -1,0 +1,236 @@
+//! `skillgraft bench`: forward throughput, forward+backward, optimizer steps, graft apply/revert and a full
+//! localization job, as one table (optionally beside PyTorch's times measured in the same sitting).
+
+use super::table::Table;
+use super::{print_json, set_threads, ModelArgs};
+use crate::data::{self, FewShotOptions};
+use crate::graft::localize::{localize, GraftableModel, LocalizeOptions, Method};
+use crate::graft::{entries_from_mask, Graft};
+use crate::model::heads::{Classifier, HeadSpec, Pooling};
+use crate::model::{to_hash_map, EncodedBatch, ParamSet};
+use crate::train::optim::{Optimizer, OptimizerConfig};
+use anyhow::{Context, Result};
+use candle_core::{DType, Tensor};
+use clap::Args;
+use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Options of `skillgraft bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Minimum seconds spent timing each row.
+    #[arg(long, default_value_t = 2.0)]
+    min_seconds: f64,
+    /// Skip the localization-job row (needs the data sets).
+    #[arg(long)]
+    skip_job: bool,
+    /// Directory of the data sets (for the localization job).
+    #[arg(long, env = "SKILLGRAFT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// A Python with torch + transformers: run benches/torch_bench.py with the same threads and print ratios.
+    #[arg(long)]
+    torch_python: Option<PathBuf>,
+}
+
+/// Median seconds of `f` over repeated runs (2 warm-ups, then at least 5 runs or `min_seconds`).
+fn time_it(min_seconds: f64, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    for _ in 0..2 {
+        f()?;
+    }
+    let mut times = Vec::new();
+    let start = Instant::now();
+    while times.len() < 5 || start.elapsed().as_secs_f64() < min_seconds {
+        let t = Instant::now();
+        f()?;
+        times.push(t.elapsed().as_secs_f64());
+        if times.len() >= 1000 {
+            break;
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+fn random_batch(batch: usize, seq: usize, seed: u64) -> EncodedBatch {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let ids: Vec<u32> = (0..batch * seq).map(|_| rng.random_range(1000..20000)).collect();
+    EncodedBatch {
+        type_ids: vec![0; ids.len()],
+        mask: vec![1; ids.len()],
+        ids,
+        batch,
+        seq,
+        mask_positions: None,
+    }
+}
+
+/// Runs the benchmark.
+pub fn run(a: BenchArgs) -> Result<()> {
+    let threads = set_threads(a.model.threads);
+    let base = a.model.load()?;
+    let cfg = &base.model.config;
+    let dev = &base.device;
+    let mut rows: Vec<(String, f64, String)> = Vec::new();
+    let head = HeadSpec::Linear {
+        num_labels: 2,
+        pooling: Pooling::Cls,
+    };
+    let mut tensors = base.model.weights.tensors.clone();
+    let h = cfg.hidden_size;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let w: Vec<f32> = (0..2 * h).map(|_| rng.random_range(-0.05..0.05)).collect();
+    tensors.insert("classifier.weight".into(), Tensor::from_vec(w, (2, h), dev)?);
+    tensors.insert("classifier.bias".into(), Tensor::zeros(2, DType::F32, dev)?);
+
+    // Forward (inference: no variables, no graph).
+    let clf = Classifier::load(&to_hash_map(&tensors), cfg, &head, DType::F32, dev)?;
+    for (b, s) in [(1usize, 16usize), (32, 64)] {
+        let input = random_batch(b, s, 1).to_input(cfg, dev, DType::F32)?;
+        let t = time_it(a.min_seconds, || {
+            clf.encoder.forward(&input)?;
+            Ok(())
+        })?;
+        rows.push((
+            format!("forward {b}x{s}"),
+            t * 1e3,
+            format!("{:.0} tokens/s", (b * s) as f64 / t),
+        ));
+    }
+
+    // Forward + backward: encoder layers trainable, embeddings frozen.
+    let mut train_tensors = tensors.clone();
+    let params = ParamSet::make_trainable(&mut train_tensors, |n| n.starts_with("encoder."))?;
+    let clf_t = Classifier::load(&to_hash_map(&train_tensors), cfg, &head, DType::F32, dev)?;
+    let input = random_batch(8, 64, 2).to_input(cfg, dev, DType::F32)?;
+    let labels = Tensor::from_vec(vec![0u32, 1, 0, 1, 1, 0, 1, 0], 8, dev)?;
+    let t = time_it(a.min_seconds, || {
+        let logits = clf_t.logits(&input)?;
+        let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
+        let grads = loss.backward()?;
+        params.gradients(&grads)?;
+        Ok(())
+    })?;
+    rows.push(("forward+backward 8x64".into(), t * 1e3, format!("{} trainable", params.numel())));
+
+    // Optimizer steps over the encoder layers.
+    let grads: Vec<Tensor> = params
+        .vars
+        .iter()
+        .map(|v| v.as_tensor().randn_like(0.0, 1e-3))
+        .collect::<candle_core::Result<_>>()?;
+    for (name, cfg_opt) in [
+        ("sgd step", OptimizerConfig::Sgd { lr: 1e-6, momentum: 0.0, weight_decay: 0.0 }),
+        (
+            "adamw step",
+            OptimizerConfig::AdamW { lr: 1e-6, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 },
+        ),
+    ] {
+        let mut opt = Optimizer::new(cfg_opt, &params, None, None)?;
+        let t = time_it(a.min_seconds, || {
+            opt.step(&params, &grads)?;
+            Ok(())
+        })?;
+        rows.push((name.into(), t * 1e3, format!("{} values", params.numel())));
+    }
+
+    // Graft apply + revert on the served (inference) tensors.
+    let region = crate::graft::FlatRegion::new(&Default::default(), &base.model.weights.tensors)?;
+    for k in [1_064usize, 10_640] {
+        let step = (region.len() / k).max(1);
+        let mask: Vec<u32> = (0..k).map(|i| (i * step) as u32).collect();
+        let values = vec![0.5f32; region.len()];
+        let graft = Graft {
+            manifest: serde_json::from_value(serde_json::json!({
+                "format": 1, "base": {"name": "", "content_hash": "", "architecture": "", "parameters": 0},
+                "region": {}, "region_size": region.len(), "size": k, "method": "bench",
+                "hyper_parameters": null, "head": {"kind": "linear", "num_labels": 2, "pooling": "cls"},
+                "task": null, "metrics": null, "created_unix": 0
+            }))?,
+            entries: entries_from_mask(&region, &mask, &values),
+            head: BTreeMap::new(),
+        };
+        let t = time_it(a.min_seconds.min(0.5), || {
+            graft.apply(&tensors)?.revert()?;
+            Ok(())
+        })?;
+        rows.push((format!("graft apply+revert k={k}"), t * 1e3, String::new()));
+    }
+
+    // A full localization job: SST-2, K=16, 10 epochs, paper method, prototype head, synthetic fine-tune.
+    if !a.skip_job {
+        let dir = a.data_dir.clone().unwrap_or_else(data::data_dir_default);
+        let task = data::builtin_task("sst2").context("sst2 task")?;
+        let all = data::load_examples(&task, &dir)?;
+        let split = data::few_shot(&all, 2, &FewShotOptions { k: 16, seed: 42, test_size: 2000, max_test: Some(64) })?;
+        let spec = base.head_spec(crate::model::HeadKind::Prototype, &task, 0.05)?;
+        let head_t = base.init_head(&spec, 0)?;
+        let mut ft = base.model.weights.deep_clone()?.tensors;
+        for (n, t) in ft.iter_mut() {
+            if n.starts_with("encoder.") {
+                *t = (t.clone() + t.randn_like(0.0, 1e-3)?)?;
+            }
+        }
+        let t0 = Instant::now();
+        let model = GraftableModel::new(&base.model, &ft, head_t, base.inputs(spec), &Default::default())?;
+        let opts = LocalizeOptions { method: Method::Paper, ..Default::default() };
+        localize(&model, &split, &opts, &mut |_| {})?;
+        let secs = t0.elapsed().as_secs_f64();
+        rows.push(("localization job sst2 K=16 10 epochs".into(), secs * 1e3, format!("region {}", model.region.len())));
+    }
+
+    let torch: Option<serde_json::Value> = match &a.torch_python {
+        Some(py) => {
+            let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/torch_bench.py");
+            let out = std::process::Command::new(py)
+                .arg(&script)
+                .args(["--json", "--threads", &threads.to_string(), "--model"])
+                .arg(&base.model.files.dir)
+                .output()
+                .with_context(|| format!("cannot run {}", py.display()))?;
+            if !out.status.success() {
+                anyhow::bail!("torch_bench.py failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            Some(serde_json::from_slice(&out.stdout).context("torch_bench.py printed no JSON")?)
+        }
+        None => None,
+    };
+    let torch_ms = |row: &str| -> Option<f64> {
+        let key = match row {
+            "forward 1x16" => "forward_1x16_ms",
+            "forward 32x64" => "forward_32x64_ms",
+            "forward+backward 8x64" => "forward_backward_8x64_ms",
+            "sgd step" => "sgd_step_ms",
+            "adamw step" => "adamw_step_ms",
+            _ => return None,
+        };
+        torch.as_ref()?.get(key)?.as_f64()
+    };
+    if a.model.json {
+        let list: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(n, ms, note)| serde_json::json!({"name": n, "ms": ms, "note": note, "torch_ms": torch_ms(n)}))
+            .collect();
+        return print_json(&serde_json::json!({"threads": threads, "device": a.model.device, "rows": list, "torch": torch}));
+    }
+    println!(
+        "skillgraft bench — model {} ({} parameters), device {}, {} thread(s) (RAYON_NUM_THREADS)",
+        base.name,
+        base.model.body_parameter_count(),
+        a.model.device,
+        threads
+    );
+    let mut t = Table::new(&["what", "ms", "torch ms", "ratio", "note"]);
+    for (n, ms, note) in &rows {
+        let (tm, ratio) = match torch_ms(n) {
+            Some(x) => (format!("{x:.2}"), format!("{:.2}x", ms / x)),
+            None => (String::new(), String::new()),
+        };
+        t.row(vec![n.clone(), format!("{ms:.2}"), tm, ratio, note.clone()]);
+    }
+    println!("{t}");
+    Ok(())
+}

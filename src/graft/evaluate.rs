@@ -1,0 +1,80 @@
+//! Side-by-side evaluation of the models grafting compares: base + head (empty mask), base patch, graft, and
+//! the fine-tuned model (full mask), each uncalibrated and with a temperature fitted on dev.
+
+use super::localize::GraftableModel;
+use crate::data::{Example, FewShotSplit};
+use crate::metrics::{evaluate_logits, fit_temperature, ClassificationReport};
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+/// One model to evaluate.
+#[derive(Debug, Clone, Copy)]
+pub enum Variant<'a> {
+    /// θ_pre + mask ⊙ Δ (sorted flat region indices; empty = base + head).
+    Mask(&'a [u32]),
+    /// θ_ft.
+    Finetuned,
+}
+
+/// Metrics of one variant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VariantReport {
+    /// Name (`base+head`, `base patch`, `graft`, `fine-tuned`, …).
+    pub name: String,
+    /// Grafted parameters (the region size for the fine-tuned model).
+    pub size: usize,
+    /// Train accuracy.
+    pub train_accuracy: f64,
+    /// Dev accuracy.
+    pub dev_accuracy: f64,
+    /// Evaluation-set metrics at temperature 1.
+    pub test: ClassificationReport,
+    /// Temperature fitted on dev.
+    pub temperature: f64,
+    /// Evaluation-set metrics at the fitted temperature.
+    pub test_calibrated: ClassificationReport,
+}
+
+impl GraftableModel {
+    /// Sets the model to a variant.
+    pub fn set_variant(&self, v: Variant<'_>) -> Result<()> {
+        match v {
+            Variant::Mask(m) => self.set_mask(m),
+            Variant::Finetuned => self.set_finetuned(),
+        }
+    }
+}
+
+/// Evaluates each variant on `eval` (train/dev accuracies from the split; temperature fitted on dev).
+pub fn evaluate_variants(
+    model: &GraftableModel,
+    split: &FewShotSplit,
+    eval: &[Example],
+    variants: &[(String, Variant<'_>)],
+    bins: usize,
+) -> Result<Vec<VariantReport>> {
+    let labels: Vec<usize> = eval.iter().map(|e| e.label).collect();
+    let dev_labels: Vec<usize> = split.dev.iter().map(|e| e.label).collect();
+    let mut out = Vec::new();
+    for (name, v) in variants {
+        model.set_variant(*v)?;
+        let (train_accuracy, dev_accuracy) = model.accuracies(split)?;
+        let logits = model.logits(eval)?;
+        let dev_logits = model.logits(&split.dev)?;
+        let temperature = fit_temperature(&dev_logits, &dev_labels)?;
+        out.push(VariantReport {
+            name: name.clone(),
+            size: match v {
+                Variant::Mask(m) => m.len(),
+                Variant::Finetuned => model.region.len(),
+            },
+            train_accuracy,
+            dev_accuracy,
+            test: evaluate_logits(&logits, &labels, 1.0, bins)?,
+            temperature,
+            test_calibrated: evaluate_logits(&logits, &labels, temperature, bins)?,
+        });
+    }
+    model.set_mask(&[])?;
+    Ok(out)
+}

@@ -1,0 +1,140 @@
+//! A localization job end to end: region setup, localization, side-by-side evaluation, the graft artifact.
+//! The CLI's `localize` and the service's localization jobs both run this.
+
+use super::evaluate::{evaluate_variants, Variant, VariantReport};
+use super::localize::{localize, GraftableModel, Localization, LocalizeOptions};
+use super::{entries_from_mask, unix_now, BaseRef, Graft, GraftManifest, GRAFT_FORMAT};
+use crate::data::{FewShotSplit, TaskSpec};
+use crate::model::export::FinetunedModel;
+use crate::model::BaseModel;
+use crate::train::Progress;
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+
+/// Inputs of a localization job.
+pub struct LocalizationJob<'a> {
+    /// The base.
+    pub base: &'a BaseModel,
+    /// The fine-tuned checkpoint (checked against the base).
+    pub finetuned: &'a FinetunedModel,
+    /// The task.
+    pub task: TaskSpec,
+    /// Train / dev / test examples.
+    pub split: FewShotSplit,
+    /// Hyper-parameters.
+    pub options: LocalizeOptions,
+    /// ECE bins of the evaluation.
+    pub bins: usize,
+}
+
+/// Timings of a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobTimings {
+    /// Building the model instance and flat buffers.
+    pub setup_seconds: f64,
+    /// Localization proper.
+    pub localize_seconds: f64,
+    /// Side-by-side evaluation.
+    pub evaluate_seconds: f64,
+}
+
+/// What a localization job produced.
+pub struct LocalizationOutcome {
+    /// The graft artifact (manifest metrics filled in).
+    pub graft: Graft,
+    /// Masks and per-epoch history.
+    pub localization: Localization,
+    /// Metrics of base+head, base patch, graft and fine-tuned on the test split.
+    pub variants: Vec<VariantReport>,
+    /// Timings.
+    pub timings: JobTimings,
+}
+
+impl LocalizationJob<'_> {
+    /// Runs the job.
+    pub fn run(&self, progress: &mut dyn FnMut(Progress)) -> Result<LocalizationOutcome> {
+        let t0 = Instant::now();
+        let head = self.finetuned.head.clone();
+        let inputs = self.base.inputs(head.clone());
+        let model = GraftableModel::new(
+            &self.base.model,
+            &self.finetuned.model.weights.tensors,
+            self.finetuned.head_tensors.clone(),
+            inputs,
+            &self.options.region,
+        )?;
+        let setup_seconds = t0.elapsed().as_secs_f64();
+        progress(Progress::Message {
+            text: format!(
+                "region: {} tensors, {} parameters; budget {} ({:e})",
+                model.region.names.len(),
+                model.region.len(),
+                super::localize::budget(self.options.sparsity, model.region.len()),
+                self.options.sparsity
+            ),
+        });
+        let loc = localize(&model, &self.split, &self.options, progress)?;
+        let t1 = Instant::now();
+        let variants = evaluate_variants(
+            &model,
+            &self.split,
+            &self.split.test,
+            &[
+                ("base+head".to_string(), Variant::Mask(&[])),
+                ("base patch".to_string(), Variant::Mask(&loc.base_patch)),
+                ("graft".to_string(), Variant::Mask(&loc.mask)),
+                ("fine-tuned".to_string(), Variant::Finetuned),
+            ],
+            self.bins,
+        )?;
+        let evaluate_seconds = t1.elapsed().as_secs_f64();
+        let timings = JobTimings {
+            setup_seconds,
+            localize_seconds: loc.seconds,
+            evaluate_seconds,
+        };
+        let arch = self.base.model.config.architecture()?;
+        let head_names = head.tensor_names(arch);
+        let head_values = Graft::head_from_tensors(&head_names, &self.finetuned.head_tensors)?;
+        let metrics = serde_json::json!({
+            "variants": variants,
+            "history": loc.history,
+            "best_epoch": loc.best_epoch,
+            "base_patch_size": loc.base_patch.len(),
+            "timings": timings,
+            "split": {"k": self.split.k, "seed": self.split.seed, "train": self.split.train.len(),
+                       "dev": self.split.dev.len(), "test": self.split.test.len()},
+        });
+        let manifest = GraftManifest {
+            format: GRAFT_FORMAT,
+            base: BaseRef {
+                name: self.base.name.clone(),
+                content_hash: self.base.model.weights.content_hash.clone(),
+                architecture: format!("{arch:?}").to_lowercase(),
+                parameters: self.base.model.body_parameter_count(),
+            },
+            region: self.options.region.clone(),
+            region_size: model.region.len(),
+            size: loc.mask.len(),
+            method: self.options.method.name().to_string(),
+            hyper_parameters: serde_json::to_value(&self.options)?,
+            head,
+            task: Some(self.task.clone()),
+            metrics,
+            created_unix: unix_now(),
+        };
+        let graft = Graft {
+            manifest,
+            entries: entries_from_mask(&model.region, &loc.mask, &model.ft),
+            head: head_values,
+        };
+        graft.validate()?;
+        Ok(LocalizationOutcome {
+            graft,
+            localization: loc,
+            variants,
+            timings,
+        })
+    }
+}

@@ -1,0 +1,459 @@
+//! Localization: finding the graft (GRAFTING.md, exactly), plus the magnitude baseline, an L1-regularized
+//! variant (Localize-and-Stitch style) and first-order saliency, all at the same graft budget.
+//!
+//! Everything runs on flat buffers aligned with the region's tensors: θ_pre, Δ = θ_ft − θ_pre, the mask
+//! logits S and the accumulated gradient. Only region tensors are variables, so only they get gradients.
+
+use super::region::{FlatRegion, RegionSpec};
+use crate::data::{Example, FewShotSplit};
+use crate::model::ops::{with_cpu_slice, write_cpu_f32};
+use crate::model::predict::InputBuilder;
+use crate::model::{LoadedModel, TextInput};
+use crate::train::{Progress, TaskInstance};
+use anyhow::{bail, Result};
+use candle_core::{DType, Tensor};
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+/// How the graft is found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// The base patch alone: the top-|Δ| parameters.
+    Magnitude,
+    /// The paper's sigmoid-mask optimization starting from the base patch.
+    Paper,
+    /// Mask optimization from no base patch with an L1 penalty λ·Σσ(S−β); final graft = top-k of S.
+    L1,
+    /// Top-k of |Σ_batches ∇L ⊙ Δ| at the fine-tuned point (first-order saliency).
+    Saliency,
+}
+
+impl Method {
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Magnitude => "magnitude",
+            Method::Paper => "paper",
+            Method::L1 => "l1",
+            Method::Saliency => "saliency",
+        }
+    }
+}
+
+/// Localization hyper-parameters (defaults are the paper's).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LocalizeOptions {
+    /// Method.
+    pub method: Method,
+    /// Graft budget as a fraction of the region (size of the base patch).
+    pub sparsity: f64,
+    /// Mask-optimization epochs (one step each).
+    pub epochs: usize,
+    /// Learning rate η of the mask logits.
+    pub lr: f64,
+    /// Sigmoid bias β.
+    pub sigmoid_bias: f64,
+    /// L1 strength for the `l1` method, relative to the mean |gradient| of the first epoch.
+    pub l1_lambda: f64,
+    /// Examples per batch when accumulating gradients.
+    pub batch_size: usize,
+    /// Seed of the mask-logit initialisation.
+    pub seed: u64,
+    /// Region.
+    pub region: RegionSpec,
+}
+
+impl Default for LocalizeOptions {
+    fn default() -> Self {
+        Self {
+            method: Method::Paper,
+            sparsity: 1e-4,
+            epochs: 10,
+            lr: 1e7,
+            sigmoid_bias: 10.0,
+            l1_lambda: 0.1,
+            batch_size: 8,
+            seed: 0,
+            region: RegionSpec::default(),
+        }
+    }
+}
+
+/// One epoch of mask optimization (epoch 0 = the starting mask).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochReport {
+    /// Epoch.
+    pub epoch: usize,
+    /// Size of the rounded mask.
+    pub mask_size: usize,
+    /// Entries that differ from the base patch.
+    pub flips: usize,
+    /// Train accuracy of the rounded mask.
+    pub train_accuracy: f64,
+    /// Dev accuracy of the rounded mask.
+    pub dev_accuracy: f64,
+    /// Mean training loss at the relaxed mask (NaN for epoch 0).
+    pub loss: f64,
+    /// Wall time of the epoch.
+    pub seconds: f64,
+}
+
+/// A model instance that can be set to any point θ_pre + frac ⊙ Δ of the region.
+pub struct GraftableModel {
+    /// The instance (region tensors are variables).
+    pub inst: TaskInstance,
+    /// The region.
+    pub region: FlatRegion,
+    /// θ_pre over the region.
+    pub pre: Vec<f32>,
+    /// θ_ft over the region.
+    pub ft: Vec<f32>,
+    /// Δ = θ_ft − θ_pre over the region.
+    pub delta: Vec<f32>,
+}
+
+impl GraftableModel {
+    /// Builds an instance with the base body, the fine-tuned head and the region as variables.
+    pub fn new(
+        base: &LoadedModel,
+        finetuned_body: &BTreeMap<String, Tensor>,
+        head: BTreeMap<String, Tensor>,
+        inputs: InputBuilder,
+        region: &RegionSpec,
+    ) -> Result<Self> {
+        let flat = FlatRegion::new(region, &base.weights.tensors)?;
+        let pre = flat.gather(&base.weights.tensors)?;
+        let ft = flat.gather(finetuned_body)?;
+        let delta: Vec<f32> = ft.iter().zip(&pre).map(|(f, p)| f - p).collect();
+        let mut tensors = base.weights.deep_clone()?.tensors;
+        for (k, v) in head {
+            tensors.insert(k, v.copy()?);
+        }
+        let spec = region.clone();
+        let inst = TaskInstance::new(tensors, inputs, move |n| spec.contains(n))?;
+        if inst.params.names != flat.names {
+            bail!("internal: region variables are not aligned with the flat region");
+        }
+        Ok(Self {
+            inst,
+            region: flat,
+            pre,
+            ft,
+            delta,
+        })
+    }
+
+    /// Sets the model to θ_pre + frac(i) ⊙ Δ over the region.
+    pub fn set_point(&self, frac: &(dyn Fn(usize) -> f32 + Sync)) -> Result<()> {
+        for (t, var) in self.inst.params.vars.iter().enumerate() {
+            let o = self.region.offsets[t];
+            write_cpu_f32(var.as_tensor(), |w| {
+                for (j, x) in w.iter_mut().enumerate() {
+                    let i = o + j;
+                    *x = self.pre[i] + frac(i) * self.delta[i];
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Sets the model to θ_pre + mask ⊙ Δ (mask = sorted flat indices), exactly: grafted entries take the
+    /// fine-tuned value bit for bit, the others the base value.
+    pub fn set_mask(&self, mask: &[u32]) -> Result<()> {
+        let mut cursor = 0usize;
+        for (t, var) in self.inst.params.vars.iter().enumerate() {
+            let (o, end) = (self.region.offsets[t], self.region.offsets[t + 1]);
+            let start = cursor;
+            while cursor < mask.len() && (mask[cursor] as usize) < end {
+                cursor += 1;
+            }
+            let here = &mask[start..cursor];
+            write_cpu_f32(var.as_tensor(), |w| {
+                w.copy_from_slice(&self.pre[o..end]);
+                for &i in here {
+                    let i = i as usize;
+                    w[i - o] = self.ft[i];
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Sets the model to the fine-tuned point (bit for bit).
+    pub fn set_finetuned(&self) -> Result<()> {
+        for (t, var) in self.inst.params.vars.iter().enumerate() {
+            let (o, end) = (self.region.offsets[t], self.region.offsets[t + 1]);
+            write_cpu_f32(var.as_tensor(), |w| w.copy_from_slice(&self.ft[o..end]))?;
+        }
+        Ok(())
+    }
+
+    /// Σ over batches of ∇_θ L ⊙ Δ at the current point (summed, not averaged), and the mean loss.
+    pub fn gradient_times_delta(&self, batches: &[(Vec<TextInput>, Vec<usize>)]) -> Result<(Vec<f32>, f64)> {
+        let mut acc = vec![0f32; self.region.len()];
+        let mut loss_sum = 0.0;
+        for (texts, labels) in batches {
+            let loss = self.inst.batch_loss(texts, labels)?;
+            loss_sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            let grads = loss.backward()?;
+            let g = self.inst.params.gradients(&grads)?;
+            for (t, gt) in g.iter().enumerate() {
+                let o = self.region.offsets[t];
+                with_cpu_slice::<f32, _>(gt, |gs| {
+                    for (j, &v) in gs.iter().enumerate() {
+                        acc[o + j] += v * self.delta[o + j];
+                    }
+                })?;
+            }
+        }
+        Ok((acc, loss_sum / batches.len().max(1) as f64))
+    }
+
+    /// Train and dev accuracy at the current point.
+    pub fn accuracies(&self, split: &FewShotSplit) -> Result<(f64, f64)> {
+        Ok((self.inst.accuracy(&split.train, 64)?, self.inst.accuracy(&split.dev, 64)?))
+    }
+
+    /// Logits of examples at the current point.
+    pub fn logits(&self, examples: &[Example]) -> Result<Vec<Vec<f32>>> {
+        self.inst.logits(examples, 64)
+    }
+}
+
+/// The `k` indices with the largest scores (ties: lower index first), returned sorted ascending.
+/// Uses selection (O(n)), not a full sort.
+pub fn top_k(scores: &[f32], k: usize) -> Vec<u32> {
+    let k = k.min(scores.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    let mut idx: Vec<u32> = (0..scores.len() as u32).collect();
+    let cmp = |a: &u32, b: &u32| {
+        let (sa, sb) = (scores[*a as usize], scores[*b as usize]);
+        sb.total_cmp(&sa).then(a.cmp(b))
+    };
+    if k < idx.len() {
+        idx.select_nth_unstable_by(k - 1, cmp);
+        idx.truncate(k);
+    }
+    idx.sort_unstable();
+    idx
+}
+
+/// Budget of a sparsity over a region: ⌈s·N⌉.
+pub fn budget(sparsity: f64, region_len: usize) -> usize {
+    ((sparsity * region_len as f64).ceil() as usize).min(region_len)
+}
+
+/// The result of a localization run.
+#[derive(Debug, Clone)]
+pub struct Localization {
+    /// The graft (sorted flat region indices).
+    pub mask: Vec<u32>,
+    /// The base patch (top-|Δ|) at the same budget.
+    pub base_patch: Vec<u32>,
+    /// Per-epoch progress (empty for one-shot methods).
+    pub history: Vec<EpochReport>,
+    /// Epoch whose mask was kept.
+    pub best_epoch: usize,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+fn batches(model: &GraftableModel, examples: &[Example], batch_size: usize) -> Result<Vec<(Vec<TextInput>, Vec<usize>)>> {
+    let texts = model.inst.inputs.texts(examples)?;
+    Ok(texts
+        .chunks(batch_size.max(1))
+        .zip(examples.chunks(batch_size.max(1)))
+        .map(|(t, e)| (t.to_vec(), e.iter().map(|x| x.label).collect()))
+        .collect())
+}
+
+fn flips(mask: &[u32], base: &[u32]) -> usize {
+    let (mut i, mut j, mut common) = (0, 0, 0);
+    while i < mask.len() && j < base.len() {
+        match mask[i].cmp(&base[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                common += 1;
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    mask.len() + base.len() - 2 * common
+}
+
+/// Runs localization on a prepared model. Deterministic for a seed.
+pub fn localize(
+    model: &GraftableModel,
+    split: &FewShotSplit,
+    opts: &LocalizeOptions,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Localization> {
+    let start = Instant::now();
+    if !(opts.sparsity > 0.0 && opts.sparsity <= 1.0) {
+        bail!("sparsity must be in (0, 1], got {}", opts.sparsity);
+    }
+    if split.train.is_empty() {
+        bail!("localization needs training examples");
+    }
+    let n = model.region.len();
+    let k = budget(opts.sparsity, n);
+    let abs: Vec<f32> = model.delta.iter().map(|d| d.abs()).collect();
+    let base_patch = top_k(&abs, k);
+    let train_batches = batches(model, &split.train, opts.batch_size)?;
+    let mut history = Vec::new();
+    let mut evaluate = |epoch: usize, mask: &[u32], loss: f64, t0: Instant| -> Result<(f64, EpochReport)> {
+        model.set_mask(mask)?;
+        let (tr, dv) = model.accuracies(split)?;
+        let r = EpochReport {
+            epoch,
+            mask_size: mask.len(),
+            flips: flips(mask, &base_patch),
+            train_accuracy: tr,
+            dev_accuracy: dv,
+            loss,
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        progress(Progress::Epoch(r.clone()));
+        history.push(r.clone());
+        Ok((tr + dv, r))
+    };
+    let (mask, best_epoch) = match opts.method {
+        Method::Magnitude => {
+            evaluate(0, &base_patch, f64::NAN, Instant::now())?;
+            (base_patch.clone(), 0)
+        }
+        Method::Saliency => {
+            let t0 = Instant::now();
+            model.set_finetuned()?;
+            let (g, loss) = model.gradient_times_delta(&train_batches)?;
+            let score: Vec<f32> = g.iter().map(|v| v.abs()).collect();
+            let mask = top_k(&score, k);
+            evaluate(1, &mask, loss, t0)?;
+            (mask, 1)
+        }
+        Method::Paper => {
+            let beta = opts.sigmoid_bias as f32;
+            let lr = opts.lr as f32;
+            let mut in_b = vec![false; n];
+            for &i in &base_patch {
+                in_b[i as usize] = true;
+            }
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.seed);
+            let mut s: Vec<f32> = (0..n).map(|_| rng.random::<f32>()).collect();
+            let rounded = |s: &[f32]| -> Vec<u32> {
+                (0..n as u32)
+                    .filter(|&i| in_b[i as usize] != (s[i as usize] > beta))
+                    .collect()
+            };
+            let (mut best_score, _) = evaluate(0, &base_patch, f64::NAN, Instant::now())?;
+            let mut best_mask = base_patch.clone();
+            let mut best_epoch = 0;
+            let nb = train_batches.len().max(1) as f32;
+            for epoch in 1..=opts.epochs {
+                let t0 = Instant::now();
+                let frac = |i: usize| {
+                    let b = if in_b[i] { 1.0 } else { 0.0 };
+                    b + (1.0 - 2.0 * b) * sigmoid(s[i] - beta)
+                };
+                model.set_point(&frac)?;
+                let (g, loss) = model.gradient_times_delta(&train_batches)?;
+                for i in 0..n {
+                    let sg = sigmoid(s[i] - beta);
+                    let sign = if in_b[i] { -1.0 } else { 1.0 };
+                    s[i] -= lr * sign * (g[i] / nb) * sg * (1.0 - sg);
+                }
+                let mask = rounded(&s);
+                let (score, _) = evaluate(epoch, &mask, loss, t0)?;
+                if score > best_score {
+                    best_score = score;
+                    best_mask = mask;
+                    best_epoch = epoch;
+                }
+            }
+            (best_mask, best_epoch)
+        }
+        Method::L1 => {
+            let beta = opts.sigmoid_bias as f32;
+            let lr = opts.lr as f32;
+            let mut s = vec![0f32; n];
+            let mut best: Option<(f64, Vec<u32>, usize)> = None;
+            let nb = train_batches.len().max(1) as f32;
+            let mut lambda: Option<f32> = None;
+            for epoch in 1..=opts.epochs.max(1) {
+                let t0 = Instant::now();
+                model.set_point(&|i| sigmoid(s[i] - beta))?;
+                let (g, loss) = model.gradient_times_delta(&train_batches)?;
+                let lam = *lambda.get_or_insert_with(|| {
+                    let mean = g.iter().map(|v| (v / nb).abs()).sum::<f32>() / n as f32;
+                    opts.l1_lambda as f32 * mean
+                });
+                for i in 0..n {
+                    let sg = sigmoid(s[i] - beta);
+                    s[i] -= lr * (g[i] / nb + lam) * sg * (1.0 - sg);
+                }
+                let mask = top_k(&s, k);
+                let (score, _) = evaluate(epoch, &mask, loss, t0)?;
+                if best.as_ref().is_none_or(|(b, _, _)| score > *b) {
+                    best = Some((score, mask, epoch));
+                }
+            }
+            let (_, mask, epoch) = best.unwrap_or((0.0, base_patch.clone(), 0));
+            (mask, epoch)
+        }
+    };
+    Ok(Localization {
+        mask,
+        base_patch,
+        history,
+        best_epoch,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_selects_largest_with_index_tie_break() {
+        let s = [0.5, 3.0, 0.5, 2.0, 0.5, -9.0];
+        assert_eq!(top_k(&s, 2), vec![1, 3]);
+        assert_eq!(top_k(&s, 3), vec![0, 1, 3], "ties go to the lower index");
+        assert_eq!(top_k(&s, 0), Vec::<u32>::new());
+        assert_eq!(top_k(&s, 10).len(), 6);
+    }
+
+    #[test]
+    fn top_k_matches_full_sort_on_random_data() {
+        let mut x = 12345u64;
+        let s: Vec<f32> = (0..10_000)
+            .map(|_| {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                ((x >> 40) % 1000) as f32
+            })
+            .collect();
+        let mut order: Vec<u32> = (0..s.len() as u32).collect();
+        order.sort_by(|a, b| s[*b as usize].total_cmp(&s[*a as usize]).then(a.cmp(b)));
+        let mut want = order[..137].to_vec();
+        want.sort_unstable();
+        assert_eq!(top_k(&s, 137), want);
+    }
+
+    #[test]
+    fn budget_and_flips() {
+        assert_eq!(budget(1e-4, 10_000_000), 1000);
+        assert_eq!(budget(1e-4, 10_001), 2);
+        assert_eq!(flips(&[1, 2, 3], &[2, 3, 4]), 2);
+    }
+}

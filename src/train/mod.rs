@@ -1,0 +1,357 @@
+//! Fine-tuning: a model instance with its own weights, a training loop with best-dev selection, and
+//! helpers shared with localization (cross-entropy batches, prototype heads).
+
+pub mod optim;
+
+use crate::data::{Example, FewShotSplit};
+use crate::model::heads::{sentence_embeddings, Classifier};
+use crate::model::ops::{to_f32_vec, write_cpu_f32};
+use crate::model::predict::{accuracy, InputBuilder};
+use crate::model::{to_hash_map, Architecture, Encoder, LoadedModel, ParamSet, TextInput};
+use anyhow::{bail, Result};
+use candle_core::{DType, Tensor};
+use optim::{Optimizer, OptimizerConfig};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+/// A model instance for one task: its own tensors (body + head), the trainable subset and the classifier.
+pub struct TaskInstance {
+    /// All tensors under canonical names (the classifier shares their storage).
+    pub tensors: BTreeMap<String, Tensor>,
+    /// The trainable subset.
+    pub params: ParamSet,
+    /// Encoder + head.
+    pub classifier: Classifier,
+    /// Tokenization for this head.
+    pub inputs: InputBuilder,
+}
+
+impl TaskInstance {
+    /// Builds an instance from `tensors`; the names selected by `trainable` become variables.
+    pub fn new(
+        mut tensors: BTreeMap<String, Tensor>,
+        inputs: InputBuilder,
+        trainable: impl Fn(&str) -> bool,
+    ) -> Result<Self> {
+        let params = ParamSet::make_trainable(&mut tensors, trainable)?;
+        let classifier = Classifier::load(
+            &to_hash_map(&tensors),
+            &inputs.config,
+            &inputs.head,
+            inputs.dtype,
+            &inputs.device,
+        )?;
+        Ok(Self {
+            tensors,
+            params,
+            classifier,
+            inputs,
+        })
+    }
+
+    /// Logits of examples (no gradient).
+    pub fn logits(&self, examples: &[Example], batch_size: usize) -> Result<Vec<Vec<f32>>> {
+        self.inputs.logits(&self.classifier, examples, batch_size)
+    }
+
+    /// Accuracy on examples.
+    pub fn accuracy(&self, examples: &[Example], batch_size: usize) -> Result<f64> {
+        let labels: Vec<usize> = examples.iter().map(|e| e.label).collect();
+        Ok(accuracy(&self.logits(examples, batch_size)?, &labels))
+    }
+
+    /// Mean cross-entropy of one batch, as a differentiable scalar.
+    pub fn batch_loss(&self, texts: &[TextInput], labels: &[usize]) -> Result<Tensor> {
+        let enc = self.inputs.tokenizer.encode(texts, self.inputs.head.uses_prompt())?;
+        let input = enc.to_input(&self.inputs.config, &self.inputs.device, self.inputs.dtype)?;
+        let logits = self.classifier.logits(&input)?;
+        let y: Vec<u32> = labels.iter().map(|&l| l as u32).collect();
+        let y = Tensor::from_vec(y, labels.len(), &self.inputs.device)?;
+        Ok(candle_nn::loss::cross_entropy(&logits, &y)?)
+    }
+
+    /// Current values of the trainable tensors.
+    pub fn snapshot(&self) -> Result<Vec<Vec<f32>>> {
+        Ok(self.params.vars.iter().map(|v| to_f32_vec(v.as_tensor())).collect::<candle_core::Result<_>>()?)
+    }
+
+    /// Writes values back into the trainable tensors in place.
+    pub fn restore(&self, values: &[Vec<f32>]) -> Result<()> {
+        for (v, vals) in self.params.vars.iter().zip(values) {
+            write_cpu_f32(v.as_tensor(), |w| w.copy_from_slice(vals))?;
+        }
+        Ok(())
+    }
+}
+
+/// Prototype tensor (classes × hidden) for a prototype head: the base model's unit-norm mean-pooled
+/// embeddings of one description per class.
+pub fn prototype_tensor(base: &LoadedModel, inputs: &InputBuilder, descriptions: &[String]) -> Result<Tensor> {
+    if descriptions.len() < 2 {
+        bail!("a prototype head needs one description per class (at least two)");
+    }
+    let vb = candle_nn::VarBuilder::from_tensors(to_hash_map(&base.weights.tensors), inputs.dtype, &inputs.device);
+    let encoder = Encoder::load(vb, &base.config)?;
+    let texts: Vec<TextInput> = descriptions.iter().map(|d| TextInput::single(d.clone())).collect();
+    let enc = inputs.tokenizer.encode(&texts, false)?;
+    let input = enc.to_input(&base.config, &inputs.device, inputs.dtype)?;
+    let hidden = encoder.forward(&input)?;
+    Ok(sentence_embeddings(&hidden, &input)?.to_dtype(DType::F32)?.contiguous()?)
+}
+
+/// Which tensors fine-tuning updates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainScope {
+    /// Only the head (a linear probe).
+    Head,
+    /// Only the body (head frozen).
+    Body,
+    /// Body and head together.
+    Both,
+    /// A head-only probe first, then the body with the head frozen.
+    ProbeThenBody,
+}
+
+/// Fine-tuning options.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FinetuneOptions {
+    /// Optimizer.
+    pub optimizer: OptimizerConfig,
+    /// Optimizer steps (of the body stage for `probe_then_body`).
+    pub steps: usize,
+    /// Steps of the head-only probe stage (`probe_then_body` only).
+    pub probe_steps: usize,
+    /// Examples per batch.
+    pub batch_size: usize,
+    /// Evaluate on dev every this many steps; the best dev checkpoint is kept.
+    pub eval_every: usize,
+    /// Global gradient-norm clip.
+    pub clip: Option<f64>,
+    /// λ of the proximal L1 pull towards the pre-trained body.
+    pub l1: Option<f64>,
+    /// What trains.
+    pub scope: TrainScope,
+    /// Also train the embeddings (frozen by default, as in the paper).
+    pub train_embeddings: bool,
+    /// Shuffling seed.
+    pub seed: u64,
+}
+
+/// One dev evaluation during fine-tuning.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EvalPoint {
+    /// Optimizer step.
+    pub step: usize,
+    /// Stage (`probe` or `main`).
+    pub stage: String,
+    /// Mean training loss since the previous evaluation.
+    pub train_loss: f64,
+    /// Dev accuracy.
+    pub dev_accuracy: f64,
+    /// Dev mean cross-entropy.
+    pub dev_loss: f64,
+}
+
+/// What fine-tuning did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FinetuneReport {
+    /// Every dev evaluation.
+    pub history: Vec<EvalPoint>,
+    /// Step of the kept checkpoint.
+    pub best_step: usize,
+    /// Its dev accuracy.
+    pub best_dev_accuracy: f64,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+/// Progress of a long job, for progress bars and event streams.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Progress {
+    /// A training step finished.
+    Step {
+        /// Stage.
+        stage: String,
+        /// Step number (1-based).
+        step: usize,
+        /// Total steps of the stage.
+        total: usize,
+        /// Batch loss.
+        loss: f64,
+    },
+    /// A dev evaluation.
+    Eval(EvalPoint),
+    /// A localization epoch finished.
+    Epoch(crate::graft::localize::EpochReport),
+    /// Free-form status.
+    Message {
+        /// Text.
+        text: String,
+    },
+}
+
+fn mean_ce(logits: &[Vec<f32>], labels: &[usize]) -> f64 {
+    let n = logits.len().max(1) as f64;
+    logits
+        .iter()
+        .zip(labels)
+        .map(|(row, &y)| {
+            let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let z: f64 = row.iter().map(|&v| ((v as f64) - m).exp()).sum();
+            -((row[y] as f64) - m - z.ln())
+        })
+        .sum::<f64>()
+        / n
+}
+
+/// The trainable-name predicate of a fine-tuning stage.
+pub fn scope_selector(
+    scope: TrainScope,
+    head_names: Vec<String>,
+    train_embeddings: bool,
+) -> impl Fn(&str) -> bool {
+    move |name: &str| {
+        let body = name.starts_with("encoder.") || (train_embeddings && name.starts_with("embeddings."));
+        let head = head_names.iter().any(|h| h == name) && name != "prototype.weight";
+        match scope {
+            TrainScope::Head => head,
+            TrainScope::Body => body,
+            TrainScope::Both | TrainScope::ProbeThenBody => body || head,
+        }
+    }
+}
+
+/// Fine-tunes `tensors` (base body + initial head) on the split's train set, selecting the checkpoint with
+/// the best dev accuracy (ties: lower dev loss, then earlier). Returns the final tensors and a report.
+pub fn finetune(
+    tensors: BTreeMap<String, Tensor>,
+    inputs: &InputBuilder,
+    split: &FewShotSplit,
+    opts: &FinetuneOptions,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<(BTreeMap<String, Tensor>, FinetuneReport)> {
+    let start = Instant::now();
+    if split.train.is_empty() || split.dev.is_empty() {
+        bail!("fine-tuning needs training and dev examples");
+    }
+    if opts.batch_size == 0 || opts.eval_every == 0 {
+        bail!("batch size and eval interval must be positive");
+    }
+    let arch = inputs.config.architecture()?;
+    let head_names = inputs.head.tensor_names(arch);
+    let stages: Vec<(&str, TrainScope, usize)> = match opts.scope {
+        TrainScope::ProbeThenBody => vec![
+            ("probe", TrainScope::Head, opts.probe_steps),
+            ("main", TrainScope::Body, opts.steps),
+        ],
+        s => vec![("main", s, opts.steps)],
+    };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.seed);
+    let mut tensors = tensors;
+    let mut history = Vec::new();
+    let mut best_step = 0;
+    let mut best_dev = f64::NEG_INFINITY;
+    let dev_labels: Vec<usize> = split.dev.iter().map(|e| e.label).collect();
+    let train_texts = inputs.texts(&split.train)?;
+    for (stage, scope, steps) in stages {
+        let select = scope_selector(scope, head_names.clone(), opts.train_embeddings);
+        let inst = TaskInstance::new(tensors, inputs.clone(), select)?;
+        if inst.params.vars.is_empty() {
+            bail!("nothing to train in stage `{stage}` (scope {scope:?} with head `{}`)", inputs.head.kind());
+        }
+        let anchors = match opts.l1 {
+            Some(l) if l > 0.0 => Some((l, inst.snapshot()?)),
+            _ => None,
+        };
+        let mut opt = Optimizer::new(opts.optimizer.clone(), &inst.params, opts.clip, anchors)?;
+        let mut best: Option<Vec<Vec<f32>>> = None;
+        let mut stage_best = f64::NEG_INFINITY;
+        let mut stage_best_loss = f64::INFINITY;
+        let mut order: Vec<usize> = Vec::new();
+        let mut cursor = 0;
+        let mut loss_sum = 0.0;
+        let mut loss_n = 0usize;
+        for step in 1..=steps {
+            if cursor + opts.batch_size > order.len() {
+                order = (0..split.train.len()).collect();
+                order.shuffle(&mut rng);
+                cursor = 0;
+            }
+            let idx = &order[cursor..(cursor + opts.batch_size).min(order.len())];
+            cursor += opts.batch_size;
+            let texts: Vec<TextInput> = idx.iter().map(|&i| train_texts[i].clone()).collect();
+            let labels: Vec<usize> = idx.iter().map(|&i| split.train[i].label).collect();
+            let loss = inst.batch_loss(&texts, &labels)?;
+            let loss_v = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            let grads = loss.backward()?;
+            let g = inst.params.gradients(&grads)?;
+            opt.step(&inst.params, &g)?;
+            loss_sum += loss_v;
+            loss_n += 1;
+            progress(Progress::Step {
+                stage: stage.to_string(),
+                step,
+                total: steps,
+                loss: loss_v,
+            });
+            if step % opts.eval_every == 0 || step == steps {
+                let logits = inst.logits(&split.dev, 64)?;
+                let acc = accuracy(&logits, &dev_labels);
+                let dl = mean_ce(&logits, &dev_labels);
+                let point = EvalPoint {
+                    step,
+                    stage: stage.to_string(),
+                    train_loss: loss_sum / loss_n.max(1) as f64,
+                    dev_accuracy: acc,
+                    dev_loss: dl,
+                };
+                loss_sum = 0.0;
+                loss_n = 0;
+                progress(Progress::Eval(point.clone()));
+                history.push(point);
+                if acc > stage_best || (acc == stage_best && dl < stage_best_loss) {
+                    stage_best = acc;
+                    stage_best_loss = dl;
+                    best = Some(inst.snapshot()?);
+                    if stage == "main" {
+                        best_step = step;
+                        best_dev = acc;
+                    }
+                }
+            }
+        }
+        if let Some(b) = &best {
+            inst.restore(b)?;
+        }
+        // Detach: the next stage (or the caller) gets plain tensors with the kept values.
+        tensors = inst
+            .tensors
+            .iter()
+            .map(|(k, v)| (k.clone(), v.detach()))
+            .collect();
+    }
+    Ok((
+        tensors,
+        FinetuneReport {
+            history,
+            best_step,
+            best_dev_accuracy: best_dev,
+            seconds: start.elapsed().as_secs_f64(),
+        },
+    ))
+}
+
+/// True when names of this architecture's body are the encoder layers (the default graft region).
+pub fn is_encoder_layer(name: &str) -> bool {
+    name.starts_with("encoder.layer.")
+}
+
+/// The architecture of an instance's config (convenience for callers holding an [`InputBuilder`]).
+pub fn architecture(inputs: &InputBuilder) -> Result<Architecture> {
+    inputs.config.architecture()
+}
