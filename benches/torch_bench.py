@@ -188,6 +188,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     t_start = time.perf_counter()
+    load_start = os.getloadavg()[0]  # a hint of how busy the (shared) machine was
 
     if not os.path.isdir(args.model):
         sys.exit(f"model directory not found: {args.model}")
@@ -225,6 +226,7 @@ def main(argv=None):
             "forward_backward_8x64_tokens_per_s": round(res["forward_backward_8x64"]["tokens_per_s"], 1),
             "optimizer_params": res["sgd_step"]["n_params"],
             "total_s": round(total_s, 2),
+            "loadavg_1m_start_end": [round(load_start, 2), round(os.getloadavg()[0], 2)],
         }
         print(json.dumps(out))
         return
@@ -242,7 +244,8 @@ def main(argv=None):
     for name, s in rows:
         tps = f"{s['tokens_per_s']:>12.0f}" if "tokens_per_s" in s else f"{'':>12}"
         print(f"{name:<26}{s['median_ms']:>12.3f}{s['min_ms']:>12.3f}{s['iters']:>7}{tps}")
-    print(f"optimizer params: {res['sgd_step']['n_params']:,}; total {total_s:.1f} s")
+    print(f"optimizer params: {res['sgd_step']['n_params']:,}; total {total_s:.1f} s; "
+          f"1-min load average {load_start:.2f} at start, {os.getloadavg()[0]:.2f} at end")
 
 
 if __name__ == "__main__":

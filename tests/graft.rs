@@ -46,7 +46,9 @@ fn setup() -> Setup {
             let n = t.elem_count();
             let noise: Vec<f32> = (0..n)
                 .map(|_| {
-                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
                     (((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5) * 0.02
                 })
                 .collect();
@@ -71,7 +73,11 @@ fn setup() -> Setup {
         "a masterpiece of tension and grace",
         "boring and far too long",
     ];
-    let ex = |i: usize| Example { text: texts[i].to_string(), text_b: None, label: i % 3 };
+    let ex = |i: usize| Example {
+        text: texts[i].to_string(),
+        text_b: None,
+        label: i % 3,
+    };
     let split = FewShotSplit {
         train: (0..6).map(ex).collect(),
         dev: (0..3).map(ex).collect(),
@@ -79,24 +85,47 @@ fn setup() -> Setup {
         k: 2,
         seed: 0,
     };
-    Setup { ft_body: ft.weights.tensors, base, head, spec, split }
+    Setup {
+        ft_body: ft.weights.tensors,
+        base,
+        head,
+        spec,
+        split,
+    }
 }
 
 fn graftable(s: &Setup) -> GraftableModel {
-    GraftableModel::new(&s.base.model, &s.ft_body, s.head.clone(), s.base.inputs(s.spec.clone()), &RegionSpec::default())
-        .unwrap()
+    GraftableModel::new(
+        &s.base.model,
+        &s.ft_body,
+        s.head.clone(),
+        s.base.inputs(s.spec.clone()),
+        &RegionSpec::default(),
+    )
+    .unwrap()
 }
 
 fn reference_logits(s: &Setup, body: &BTreeMap<String, Tensor>) -> Vec<Vec<f32>> {
     let mut t = body.clone();
     t.extend(s.head.clone());
-    let clf = Classifier::load(&to_hash_map(&t), &s.base.model.config, &s.spec, DType::F32, &Device::Cpu).unwrap();
+    let clf = Classifier::load(
+        &to_hash_map(&t),
+        &s.base.model.config,
+        &s.spec,
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
     let ib: InputBuilder = s.base.inputs(s.spec.clone());
     ib.logits(&clf, &s.split.test, 4).unwrap()
 }
 
 fn max_abs_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
-    a.iter().flatten().zip(b.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .flatten()
+        .zip(b.iter().flatten())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -106,13 +135,24 @@ fn empty_graft_is_base_and_full_graft_is_finetuned() {
     m.set_mask(&[]).unwrap();
     let empty = m.logits(&s.split.test).unwrap();
     let base = reference_logits(&s, &s.base.model.weights.tensors);
-    assert!(max_abs_diff(&empty, &base) <= 1e-6, "empty graft vs base: {}", max_abs_diff(&empty, &base));
+    assert!(
+        max_abs_diff(&empty, &base) <= 1e-6,
+        "empty graft vs base: {}",
+        max_abs_diff(&empty, &base)
+    );
     let all: Vec<u32> = (0..m.region.len() as u32).collect();
     m.set_mask(&all).unwrap();
     let full = m.logits(&s.split.test).unwrap();
     let ft = reference_logits(&s, &s.ft_body);
-    assert!(max_abs_diff(&full, &ft) <= 1e-6, "full graft vs fine-tuned: {}", max_abs_diff(&full, &ft));
-    assert!(max_abs_diff(&base, &ft) > 1e-3, "the test needs base and fine-tuned to differ");
+    assert!(
+        max_abs_diff(&full, &ft) <= 1e-6,
+        "full graft vs fine-tuned: {}",
+        max_abs_diff(&full, &ft)
+    );
+    assert!(
+        max_abs_diff(&base, &ft) > 1e-3,
+        "the test needs base and fine-tuned to differ"
+    );
 }
 
 #[test]
@@ -131,22 +171,37 @@ fn apply_then_revert_restores_the_base_bit_for_bit_and_full_graft_file_is_finetu
         head: Graft::head_from_tensors(&s.spec.tensor_names(skillgraft::model::Architecture::Bert), &s.head).unwrap(),
     };
     let served = s.base.model.weights.deep_clone().unwrap().tensors;
-    let before: Vec<Vec<f32>> = served.values().map(|t| t.flatten_all().unwrap().to_vec1().unwrap()).collect();
+    let before: Vec<Vec<f32>> = served
+        .values()
+        .map(|t| t.flatten_all().unwrap().to_vec1().unwrap())
+        .collect();
     let applied = graft.apply(&served).unwrap();
     let grafted = reference_logits(&s, &served);
     let ft = reference_logits(&s, &s.ft_body);
-    assert!(max_abs_diff(&grafted, &ft) <= 1e-6, "applied full graft vs fine-tuned");
+    assert!(
+        max_abs_diff(&grafted, &ft) <= 1e-6,
+        "applied full graft vs fine-tuned"
+    );
     applied.revert().unwrap();
-    let after: Vec<Vec<f32>> = served.values().map(|t| t.flatten_all().unwrap().to_vec1().unwrap()).collect();
+    let after: Vec<Vec<f32>> = served
+        .values()
+        .map(|t| t.flatten_all().unwrap().to_vec1().unwrap())
+        .collect();
     for (a, b) in before.iter().zip(&after) {
-        assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()), "revert is not bit-exact");
+        assert!(
+            a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "revert is not bit-exact"
+        );
     }
     // A file round trip keeps everything; a graft for another base is refused.
     let bytes = graft.to_bytes().unwrap();
     assert_eq!(Graft::from_bytes(&bytes).unwrap(), graft);
     assert!(graft.check_base(&served, "another-hash").is_err());
     graft.manifest.base.content_hash = "x".into();
-    let e = graft.check_base(&served, "perturbed-base").unwrap_err().to_string();
+    let e = graft
+        .check_base(&served, "perturbed-base")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("not this base"), "{e}");
 }
 
@@ -167,7 +222,10 @@ fn corrupt_graft_files_give_errors_not_panics() {
     };
     let bytes = graft.to_bytes().unwrap();
     for cut in [0, 7, 8, 100, bytes.len() / 2, bytes.len() - 1] {
-        assert!(Graft::from_bytes(&bytes[..cut]).is_err(), "truncated at {cut} must fail");
+        assert!(
+            Graft::from_bytes(&bytes[..cut]).is_err(),
+            "truncated at {cut} must fail"
+        );
     }
     // Flipping any byte must give an error or a valid graft, never a panic (this loop would abort on one).
     let mut rejected = 0;
@@ -185,14 +243,24 @@ fn corrupt_graft_files_give_errors_not_panics() {
     bad.entries[0].indices[0] = u32::MAX;
     bad.entries[0].indices.sort_unstable();
     let e = Graft::from_bytes(&bad.to_bytes().unwrap()).unwrap_err();
-    assert!(format!("{e:#}").contains("out of range") || format!("{e:#}").contains("increasing"), "{e:#}");
+    assert!(
+        format!("{e:#}").contains("out of range") || format!("{e:#}").contains("increasing"),
+        "{e:#}"
+    );
 }
 
 #[test]
 fn localization_is_deterministic_and_methods_respect_the_budget() {
     let s = setup();
     let m = graftable(&s);
-    let opts = |method| LocalizeOptions { method, sparsity: 1e-2, epochs: 3, lr: 1e7, seed: 3, ..Default::default() };
+    let opts = |method| LocalizeOptions {
+        method,
+        sparsity: 1e-2,
+        epochs: 3,
+        lr: 1e7,
+        seed: 3,
+        ..Default::default()
+    };
     let budget = skillgraft::graft::localize::budget(1e-2, m.region.len());
     let a = localize(&m, &s.split, &opts(Method::Paper), &mut |_| {}).unwrap();
     let b = localize(&m, &s.split, &opts(Method::Paper), &mut |_| {}).unwrap();
@@ -202,13 +270,17 @@ fn localization_is_deterministic_and_methods_respect_the_budget() {
     for method in [Method::Magnitude, Method::Saliency, Method::L1] {
         let r = localize(&m, &s.split, &opts(method), &mut |_| {}).unwrap();
         assert_eq!(r.mask.len(), budget, "{method:?} keeps the budget");
-        assert!(r.mask.windows(2).all(|w| w[0] < w[1]), "{method:?} mask sorted");
+        assert!(
+            r.mask.windows(2).all(|w| w[0] < w[1]),
+            "{method:?} mask sorted"
+        );
     }
     let mag = localize(&m, &s.split, &opts(Method::Magnitude), &mut |_| {}).unwrap();
     assert_eq!(mag.mask, mag.base_patch);
     // Overlap and composition of two different grafts.
     let region = FlatRegion::new(&RegionSpec::default(), &s.base.model.weights.tensors).unwrap();
-    let mk = |mask: &[u32]| Graft {
+    let mk = |mask: &[u32]| {
+        Graft {
         manifest: serde_json::from_value(serde_json::json!({
             "format": 1, "base": {"name": "tiny", "content_hash": "h", "architecture": "bert", "parameters": 1},
             "region": {}, "region_size": region.len(), "size": mask.len(), "method": "test",
@@ -217,25 +289,41 @@ fn localization_is_deterministic_and_methods_respect_the_budget() {
         .unwrap(),
         entries: entries_from_mask(&region, mask, &m.ft),
         head: BTreeMap::new(),
+    }
     };
     let sal = localize(&m, &s.split, &opts(Method::Saliency), &mut |_| {}).unwrap();
     let g1 = mk(&mag.mask);
     let g2 = mk(&sal.mask);
-    let rep = overlap(&["a".into(), "b".into()], &[g1.clone(), g2.clone()], &region).unwrap();
+    let rep = overlap(
+        &["a".into(), "b".into()],
+        &[g1.clone(), g2.clone()],
+        &region,
+    )
+    .unwrap();
     let common = mag.mask.iter().filter(|i| sal.mask.contains(i)).count();
     assert_eq!(rep.intersection[0][1], common);
     assert_eq!(rep.intersection[0][0], budget);
     assert!((rep.jaccard[0][1] - common as f64 / (2 * budget - common) as f64).abs() < 1e-12);
     assert_eq!(rep.breakdown[0].by_layer.values().sum::<usize>(), budget);
     let composed = compose(&[g1, g2], &region, ConflictRule::Mean).unwrap();
-    assert_eq!(composed.iter().map(|e| e.indices.len()).sum::<usize>(), 2 * budget - common);
+    assert_eq!(
+        composed.iter().map(|e| e.indices.len()).sum::<usize>(),
+        2 * budget - common
+    );
 }
 
 #[test]
 fn transformers_checkpoint_loads_and_mismatches_are_named() {
     let s = setup();
     // The fixture is a BertForSequenceClassification written by transformers (`bert.` prefix).
-    let ft = load_finetuned(&tiny_dir(), &s.base.model, None, &s.base.tokenizer, &Device::Cpu).unwrap();
+    let ft = load_finetuned(
+        &tiny_dir(),
+        &s.base.model,
+        None,
+        &s.base.tokenizer,
+        &Device::Cpu,
+    )
+    .unwrap();
     assert_eq!(ft.head, HeadSpec::BertClassifier { num_labels: 3 });
     assert_eq!(ft.model.weights.prefix.as_deref(), Some("bert"));
 
@@ -248,10 +336,17 @@ fn transformers_checkpoint_loads_and_mismatches_are_named() {
     assert_eq!(back.head, s.spec);
     for (n, t) in &all {
         let a: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
-        let b: Vec<f32> = back.model.weights.tensors[n].flatten_all().unwrap().to_vec1().unwrap();
+        let b: Vec<f32> = back.model.weights.tensors[n]
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         assert_eq!(a, b, "{n} changed in the export round trip");
     }
-    assert!(write_hf_dir(&out, &s.base.model, &all, &s.spec, None, false).is_err(), "no silent overwrite");
+    assert!(
+        write_hf_dir(&out, &s.base.model, &all, &s.spec, None, false).is_err(),
+        "no silent overwrite"
+    );
 
     // A checkpoint with a tensor of another shape is refused, naming it.
     let bad = tmp("bad").join("model");
@@ -261,8 +356,13 @@ fn transformers_checkpoint_loads_and_mismatches_are_named() {
         Tensor::zeros(31, DType::F32, &Device::Cpu).unwrap(),
     );
     write_hf_dir(&bad, &s.base.model, &wrong, &s.spec, None, false).unwrap();
-    let e = load_finetuned(&bad, &s.base.model, None, &s.base.tokenizer, &Device::Cpu).err().unwrap();
-    assert!(format!("{e:#}").contains("encoder.layer.1.output.dense.bias"), "{e:#}");
+    let e = load_finetuned(&bad, &s.base.model, None, &s.base.tokenizer, &Device::Cpu)
+        .err()
+        .unwrap();
+    assert!(
+        format!("{e:#}").contains("encoder.layer.1.output.dense.bias"),
+        "{e:#}"
+    );
 
     // A truncated safetensors file and a pickle-only directory give clear errors.
     let trunc = tmp("trunc");
@@ -270,7 +370,10 @@ fn transformers_checkpoint_loads_and_mismatches_are_named() {
     let bytes = std::fs::read(tiny_dir().join("model.safetensors")).unwrap();
     std::fs::write(trunc.join("model.safetensors"), &bytes[..bytes.len() / 3]).unwrap();
     let e = LoadedModel::load(&trunc, &Device::Cpu).err().unwrap();
-    assert!(format!("{e:#}").contains("not a valid safetensors"), "{e:#}");
+    assert!(
+        format!("{e:#}").contains("not a valid safetensors"),
+        "{e:#}"
+    );
     let pickle = tmp("pickle");
     std::fs::copy(tiny_dir().join("config.json"), pickle.join("config.json")).unwrap();
     std::fs::write(pickle.join("pytorch_model.bin"), b"\x80\x02pickle").unwrap();
@@ -279,6 +382,8 @@ fn transformers_checkpoint_loads_and_mismatches_are_named() {
 
     // A RoBERTa checkpoint does not fit a BERT base.
     let rob = common::fixtures_dir().join("tiny-roberta-cls");
-    let e = load_finetuned(&rob, &s.base.model, None, &s.base.tokenizer, &Device::Cpu).err().unwrap();
+    let e = load_finetuned(&rob, &s.base.model, None, &s.base.tokenizer, &Device::Cpu)
+        .err()
+        .unwrap();
     assert!(format!("{e:#}").contains("architecture mismatch"), "{e:#}");
 }

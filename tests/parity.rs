@@ -6,12 +6,14 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 use skillgraft::model::{
-    heads::Classifier, to_hash_map, EncodedBatch, HeadSpec, LoadedModel, ParamSet, TextEncoder, TextInput,
+    heads::Classifier, to_hash_map, EncodedBatch, HeadSpec, LoadedModel, ParamSet, TextEncoder,
+    TextInput,
 };
 use std::collections::BTreeMap;
 
 fn json(path: &std::path::Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(path).expect("read fixture")).expect("parse fixture")
+    serde_json::from_str(&std::fs::read_to_string(path).expect("read fixture"))
+        .expect("parse fixture")
 }
 
 fn floats(v: &Value) -> Vec<f32> {
@@ -29,7 +31,12 @@ fn ints(v: &Value) -> Vec<u32> {
 /// ‖a − b‖ ≤ rel·‖b‖ + abs_floor·sqrt(n); returns the relative error for the message.
 fn assert_close(what: &str, got: &[f32], want: &[f32], rel: f64, abs_floor: f64) {
     assert_eq!(got.len(), want.len(), "{what}: length");
-    let diff: f64 = got.iter().zip(want).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>().sqrt();
+    let diff: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| ((a - b) as f64).powi(2))
+        .sum::<f64>()
+        .sqrt();
     let norm: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum::<f64>().sqrt();
     let bound = rel * norm + abs_floor * (want.len() as f64).sqrt();
     assert!(
@@ -69,19 +76,35 @@ fn forward_backward(
 ) -> (Tensor, f32, BTreeMap<String, Vec<f32>>) {
     let mut tensors = model.weights.tensors.clone();
     tensors.extend(extra);
-    let params = ParamSet::make_trainable(&mut tensors, |n| n.starts_with("encoder.")).expect("vars");
-    let clf = Classifier::load(&to_hash_map(&tensors), &model.config, spec, DType::F32, &Device::Cpu)
-        .expect("classifier");
-    let input = batch.to_input(&model.config, &Device::Cpu, DType::F32).expect("input");
+    let params =
+        ParamSet::make_trainable(&mut tensors, |n| n.starts_with("encoder.")).expect("vars");
+    let clf = Classifier::load(
+        &to_hash_map(&tensors),
+        &model.config,
+        spec,
+        DType::F32,
+        &Device::Cpu,
+    )
+    .expect("classifier");
+    let input = batch
+        .to_input(&model.config, &Device::Cpu, DType::F32)
+        .expect("input");
     let logits = clf.logits(&input).expect("forward");
     let loss = cross_entropy(&logits, labels);
     let grads = loss.backward().expect("backward");
-    let g = params.gradients(&grads).expect("every encoder tensor gets a gradient");
+    let g = params
+        .gradients(&grads)
+        .expect("every encoder tensor gets a gradient");
     let by_name = params
         .names
         .iter()
         .zip(g)
-        .map(|(n, t)| (n.clone(), t.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+        .map(|(n, t)| {
+            (
+                n.clone(),
+                t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            )
+        })
         .collect();
     (logits, loss.to_scalar::<f32>().expect("scalar"), by_name)
 }
@@ -96,7 +119,10 @@ fn tiny(name: &str) {
     let mlm = r["head"] == "mlm";
     let spec = if mlm {
         HeadSpec::Prompt {
-            template: r["template"].as_str().expect("template").replace("{}", "{sentence}"),
+            template: r["template"]
+                .as_str()
+                .expect("template")
+                .replace("{}", "{sentence}"),
             label_words: vec![],
             label_word_ids: ints(&r["label_word_ids"]),
         }
@@ -108,7 +134,13 @@ fn tiny(name: &str) {
     let (logits, loss, grads) = forward_backward(&model, &spec, BTreeMap::new(), &batch, &labels);
     let want_key = if mlm { "label_word_logits" } else { "logits" };
     let got = logits.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    assert_close(&format!("{name} logits"), &got, &floats(&r[want_key]), 1e-4, 0.0);
+    assert_close(
+        &format!("{name} logits"),
+        &got,
+        &floats(&r[want_key]),
+        1e-4,
+        0.0,
+    );
     let want_loss = r["loss"].as_f64().unwrap();
     assert!(
         ((loss as f64) - want_loss).abs() <= 1e-4 * want_loss.abs(),
@@ -116,11 +148,23 @@ fn tiny(name: &str) {
     );
     for (full, want) in r["grads"].as_object().expect("grads") {
         let canon = full.split_once('.').map(|(_, rest)| rest).unwrap_or(full);
-        let got = grads.get(canon).unwrap_or_else(|| panic!("no gradient for {canon}"));
+        let got = grads
+            .get(canon)
+            .unwrap_or_else(|| panic!("no gradient for {canon}"));
         // Key biases cannot change attention (softmax is shift-invariant): their exact gradient is 0, and
         // the reference holds float32 round-off (~1e-11); compare those with an absolute floor.
-        let floor = if canon.contains("key.bias") { 1e-7 } else { 0.0 };
-        assert_close(&format!("{name} grad {canon}"), got, &floats(want), 1e-4, floor);
+        let floor = if canon.contains("key.bias") {
+            1e-7
+        } else {
+            0.0
+        };
+        assert_close(
+            &format!("{name} grad {canon}"),
+            got,
+            &floats(want),
+            1e-4,
+            floor,
+        );
     }
     if mlm {
         // The first ten vocabulary logits at the mask: the same head with "label words" 0..10.
@@ -137,8 +181,16 @@ fn tiny(name: &str) {
             &Device::Cpu,
         )
         .unwrap();
-        let input = batch.to_input(&model.config, &Device::Cpu, DType::F32).unwrap();
-        let got = clf.logits(&input).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let input = batch
+            .to_input(&model.config, &Device::Cpu, DType::F32)
+            .unwrap();
+        let got = clf
+            .logits(&input)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert_close(
             &format!("{name} first-10 logits"),
             &got,
@@ -155,9 +207,15 @@ fn tiny(name: &str) {
             .map(|t| TextInput::single(t.as_str().unwrap()))
             .collect();
         let ours = enc.encode(&texts, true).unwrap();
-        assert_eq!(ours.mask_positions, batch.mask_positions, "{name}: mask positions");
+        assert_eq!(
+            ours.mask_positions, batch.mask_positions,
+            "{name}: mask positions"
+        );
         for row in 0..batch.batch {
-            let n = batch.mask[row * batch.seq..(row + 1) * batch.seq].iter().filter(|&&m| m == 1).count();
+            let n = batch.mask[row * batch.seq..(row + 1) * batch.seq]
+                .iter()
+                .filter(|&&m| m == 1)
+                .count();
             assert_eq!(
                 &ours.ids[row * ours.seq..row * ours.seq + n],
                 &batch.ids[row * batch.seq..row * batch.seq + n],
@@ -189,7 +247,9 @@ fn tiny_bert_classifier_matches_transformers() {
 
 #[test]
 fn minilm_matches_transformers() {
-    let Some(dir) = common::minilm_dir() else { return };
+    let Some(dir) = common::minilm_dir() else {
+        return;
+    };
     let r = json(&common::fixtures_dir().join("minilm_reference.json"));
     let model = LoadedModel::load(&dir, &Device::Cpu).expect("load MiniLM");
     let batch = batch_from_fixture(&r);
@@ -208,9 +268,18 @@ fn minilm_matches_transformers() {
     let got = logits.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     assert_close("MiniLM logits", &got, &floats(&r["logits"]), 1e-4, 0.0);
     let want_loss = r["loss"].as_f64().unwrap();
-    assert!(((loss as f64) - want_loss).abs() <= 1e-4 * want_loss, "loss {loss} vs {want_loss}");
+    assert!(
+        ((loss as f64) - want_loss).abs() <= 1e-4 * want_loss,
+        "loss {loss} vs {want_loss}"
+    );
     for (name, want) in r["grads"].as_object().unwrap() {
-        assert_close(&format!("MiniLM grad {name}"), &grads[name.as_str()], &floats(want), 1e-4, 0.0);
+        assert_close(
+            &format!("MiniLM grad {name}"),
+            &grads[name.as_str()],
+            &floats(want),
+            1e-4,
+            0.0,
+        );
     }
     let row0 = &grads["encoder.layer.1.attention.output.dense.weight"][..384];
     assert_close(
@@ -227,7 +296,10 @@ fn minilm_matches_transformers() {
         .sum::<f64>()
         .sqrt();
     let want_norm = r["grad_norm_total_encoder"].as_f64().unwrap();
-    assert!((norm - want_norm).abs() <= 1e-4 * want_norm, "encoder grad norm {norm} vs {want_norm}");
+    assert!(
+        (norm - want_norm).abs() <= 1e-4 * want_norm,
+        "encoder grad norm {norm} vs {want_norm}"
+    );
 
     // Hidden states: our encoder against the fixture, and against candle-transformers' BERT.
     let clf = Classifier::load(
@@ -237,24 +309,55 @@ fn minilm_matches_transformers() {
         DType::F32,
         &Device::Cpu,
     );
-    assert!(clf.is_err(), "the base alone has no classifier tensors; loading must fail clearly");
+    assert!(
+        clf.is_err(),
+        "the base alone has no classifier tensors; loading must fail clearly"
+    );
     let tensors = to_hash_map(&model.weights.tensors);
     let vb = candle_nn::VarBuilder::from_tensors(tensors.clone(), DType::F32, &Device::Cpu);
     let encoder = skillgraft::model::Encoder::load(vb, &model.config).unwrap();
-    let input = batch.to_input(&model.config, &Device::Cpu, DType::F32).unwrap();
+    let input = batch
+        .to_input(&model.config, &Device::Cpu, DType::F32)
+        .unwrap();
     let hidden = encoder.forward(&input).unwrap();
-    let cls = hidden.narrow(1, 0, 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let tok3 = hidden.narrow(1, 3, 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    assert_close("MiniLM [CLS] hidden", &cls, &floats(&r["last_hidden_state_cls"]), 1e-4, 0.0);
-    assert_close("MiniLM token-3 hidden", &tok3, &floats(&r["last_hidden_state_token3"]), 1e-4, 0.0);
+    let cls = hidden
+        .narrow(1, 0, 1)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let tok3 = hidden
+        .narrow(1, 3, 1)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert_close(
+        "MiniLM [CLS] hidden",
+        &cls,
+        &floats(&r["last_hidden_state_cls"]),
+        1e-4,
+        0.0,
+    );
+    assert_close(
+        "MiniLM token-3 hidden",
+        &tok3,
+        &floats(&r["last_hidden_state_token3"]),
+        1e-4,
+        0.0,
+    );
 
     let cfg_text = std::fs::read_to_string(dir.join("config.json")).unwrap();
-    let ct_cfg: candle_transformers::models::bert::Config = serde_json::from_str(&cfg_text).unwrap();
+    let ct_cfg: candle_transformers::models::bert::Config =
+        serde_json::from_str(&cfg_text).unwrap();
     let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
     let reference = candle_transformers::models::bert::BertModel::load(vb, &ct_cfg).unwrap();
     let ids = Tensor::from_vec(batch.ids.clone(), (batch.batch, batch.seq), &Device::Cpu).unwrap();
     let types = ids.zeros_like().unwrap();
-    let mask = Tensor::from_vec(batch.mask.clone(), (batch.batch, batch.seq), &Device::Cpu).unwrap();
+    let mask =
+        Tensor::from_vec(batch.mask.clone(), (batch.batch, batch.seq), &Device::Cpu).unwrap();
     let theirs = reference.forward(&ids, &types, Some(&mask)).unwrap();
     let ours_all = hidden.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     // Compare real (non-padding) positions only: padded rows are unspecified.
@@ -279,7 +382,10 @@ fn minilm_matches_transformers() {
         .collect();
     let ours = enc.encode(&texts, false).unwrap();
     for row in 0..batch.batch {
-        let n = batch.mask[row * batch.seq..(row + 1) * batch.seq].iter().filter(|&&m| m == 1).count();
+        let n = batch.mask[row * batch.seq..(row + 1) * batch.seq]
+            .iter()
+            .filter(|&&m| m == 1)
+            .count();
         assert_eq!(
             &ours.ids[row * ours.seq..row * ours.seq + n],
             &batch.ids[row * batch.seq..row * batch.seq + n],

@@ -57,7 +57,9 @@ fn time_it(min_seconds: f64, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
 
 fn random_batch(batch: usize, seq: usize, seed: u64) -> EncodedBatch {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let ids: Vec<u32> = (0..batch * seq).map(|_| rng.random_range(1000..20000)).collect();
+    let ids: Vec<u32> = (0..batch * seq)
+        .map(|_| rng.random_range(1000..20000))
+        .collect();
     EncodedBatch {
         type_ids: vec![0; ids.len()],
         mask: vec![1; ids.len()],
@@ -83,7 +85,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let h = cfg.hidden_size;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let w: Vec<f32> = (0..2 * h).map(|_| rng.random_range(-0.05..0.05)).collect();
-    tensors.insert("classifier.weight".into(), Tensor::from_vec(w, (2, h), dev)?);
+    tensors.insert(
+        "classifier.weight".into(),
+        Tensor::from_vec(w, (2, h), dev)?,
+    );
     tensors.insert("classifier.bias".into(), Tensor::zeros(2, DType::F32, dev)?);
 
     // Forward (inference: no variables, no graph).
@@ -114,7 +119,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
         params.gradients(&grads)?;
         Ok(())
     })?;
-    rows.push(("forward+backward 8x64".into(), t * 1e3, format!("{} trainable", params.numel())));
+    rows.push((
+        "forward+backward 8x64".into(),
+        t * 1e3,
+        format!("{} trainable", params.numel()),
+    ));
 
     // Optimizer steps over the encoder layers.
     let grads: Vec<Tensor> = params
@@ -123,10 +132,23 @@ pub fn run(a: BenchArgs) -> Result<()> {
         .map(|v| v.as_tensor().randn_like(0.0, 1e-3))
         .collect::<candle_core::Result<_>>()?;
     for (name, cfg_opt) in [
-        ("sgd step", OptimizerConfig::Sgd { lr: 1e-6, momentum: 0.0, weight_decay: 0.0 }),
+        (
+            "sgd step",
+            OptimizerConfig::Sgd {
+                lr: 1e-6,
+                momentum: 0.0,
+                weight_decay: 0.0,
+            },
+        ),
         (
             "adamw step",
-            OptimizerConfig::AdamW { lr: 1e-6, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 },
+            OptimizerConfig::AdamW {
+                lr: 1e-6,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.0,
+            },
         ),
     ] {
         let mut opt = Optimizer::new(cfg_opt, &params, None, None)?;
@@ -165,7 +187,16 @@ pub fn run(a: BenchArgs) -> Result<()> {
         let dir = a.data_dir.clone().unwrap_or_else(data::data_dir_default);
         let task = data::builtin_task("sst2").context("sst2 task")?;
         let all = data::load_examples(&task, &dir)?;
-        let split = data::few_shot(&all, 2, &FewShotOptions { k: 16, seed: 42, test_size: 2000, max_test: Some(64) })?;
+        let split = data::few_shot(
+            &all,
+            2,
+            &FewShotOptions {
+                k: 16,
+                seed: 42,
+                test_size: 2000,
+                max_test: Some(64),
+            },
+        )?;
         let spec = base.head_spec(crate::model::HeadKind::Prototype, &task, 0.05)?;
         let head_t = base.init_head(&spec, 0)?;
         let mut ft = base.model.weights.deep_clone()?.tensors;
@@ -175,11 +206,24 @@ pub fn run(a: BenchArgs) -> Result<()> {
             }
         }
         let t0 = Instant::now();
-        let model = GraftableModel::new(&base.model, &ft, head_t, base.inputs(spec), &Default::default())?;
-        let opts = LocalizeOptions { method: Method::Paper, ..Default::default() };
+        let model = GraftableModel::new(
+            &base.model,
+            &ft,
+            head_t,
+            base.inputs(spec),
+            &Default::default(),
+        )?;
+        let opts = LocalizeOptions {
+            method: Method::Paper,
+            ..Default::default()
+        };
         localize(&model, &split, &opts, &mut |_| {})?;
         let secs = t0.elapsed().as_secs_f64();
-        rows.push(("localization job sst2 K=16 10 epochs".into(), secs * 1e3, format!("region {}", model.region.len())));
+        rows.push((
+            "localization job sst2 K=16 10 epochs".into(),
+            secs * 1e3,
+            format!("region {}", model.region.len()),
+        ));
     }
 
     let torch: Option<serde_json::Value> = match &a.torch_python {
@@ -192,7 +236,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 .output()
                 .with_context(|| format!("cannot run {}", py.display()))?;
             if !out.status.success() {
-                anyhow::bail!("torch_bench.py failed: {}", String::from_utf8_lossy(&out.stderr));
+                anyhow::bail!(
+                    "torch_bench.py failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
             }
             Some(serde_json::from_slice(&out.stdout).context("torch_bench.py printed no JSON")?)
         }
@@ -214,7 +261,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
             .iter()
             .map(|(n, ms, note)| serde_json::json!({"name": n, "ms": ms, "note": note, "torch_ms": torch_ms(n)}))
             .collect();
-        return print_json(&serde_json::json!({"threads": threads, "device": a.model.device, "rows": list, "torch": torch}));
+        return print_json(
+            &serde_json::json!({"threads": threads, "device": a.model.device, "rows": list, "torch": torch}),
+        );
     }
     println!(
         "skillgraft bench — model {} ({} parameters), device {}, {} thread(s) (RAYON_NUM_THREADS)",

@@ -298,7 +298,9 @@ pub fn set_threads(threads: Option<usize>) -> usize {
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
-    let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global();
     n
 }
 
@@ -328,7 +330,10 @@ impl DataArgs {
     fn task(&self) -> Result<TaskSpec> {
         match (&self.task, &self.task_spec) {
             (Some(name), None) => data::builtin_task(name).with_context(|| {
-                format!("unknown task `{name}` (built-in: {})", data::builtin_task_names().join(", "))
+                format!(
+                    "unknown task `{name}` (built-in: {})",
+                    data::builtin_task_names().join(", ")
+                )
             }),
             (None, Some(path)) => TaskSpec::from_json_file(path),
             (Some(_), Some(_)) => bail!("give --task or --task-spec, not both"),
@@ -345,7 +350,13 @@ impl DataArgs {
     }
 }
 
-fn split_for(task: &TaskSpec, dir: &std::path::Path, k: usize, seed: u64, max_test: Option<usize>) -> Result<FewShotSplit> {
+fn split_for(
+    task: &TaskSpec,
+    dir: &std::path::Path,
+    k: usize,
+    seed: u64,
+    max_test: Option<usize>,
+) -> Result<FewShotSplit> {
     let all = data::load_examples(task, dir)?;
     let opts = FewShotOptions {
         k,
@@ -419,8 +430,17 @@ fn print_json(v: &serde_json::Value) -> Result<()> {
 
 fn variants_table(rows: &[crate::graft::evaluate::VariantReport], bins: usize) -> Table {
     let mut t = Table::new(&[
-        "model", "params", "train acc", "dev acc", "test acc", "macro-F1", &format!("ECE({bins})"), "NLL", "Brier",
-        "T", "ECE@T",
+        "model",
+        "params",
+        "train acc",
+        "dev acc",
+        "test acc",
+        "macro-F1",
+        &format!("ECE({bins})"),
+        "NLL",
+        "Brier",
+        "T",
+        "ECE@T",
     ]);
     for r in rows {
         t.row(vec![
@@ -477,7 +497,9 @@ fn cmd_finetune(a: FinetuneArgs) -> Result<()> {
         },
     };
     let scope = a.scope.unwrap_or(match head {
-        crate::model::HeadSpec::Prototype { .. } | crate::model::HeadSpec::Prompt { .. } => TrainScope::Body,
+        crate::model::HeadSpec::Prototype { .. } | crate::model::HeadSpec::Prompt { .. } => {
+            TrainScope::Body
+        }
         _ => TrainScope::Both,
     });
     let opts = FinetuneOptions {
@@ -526,7 +548,13 @@ fn cmd_localize(a: LocalizeArgs) -> Result<()> {
     let base = a.model.load()?;
     let named = a.data.task.is_some() || a.data.task_spec.is_some();
     let hint = if named { Some(a.data.task()?) } else { None };
-    let ft = load_finetuned(&a.finetuned, &base.model, hint.as_ref(), &base.tokenizer, &base.device)?;
+    let ft = load_finetuned(
+        &a.finetuned,
+        &base.model,
+        hint.as_ref(),
+        &base.tokenizer,
+        &base.device,
+    )?;
     let task = match hint {
         Some(t) => t,
         None => ft
@@ -598,7 +626,10 @@ fn grafted_body(base: &BaseModel, graft: &Graft) -> Result<BTreeMap<String, cand
 fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
     let base = a.model.load()?;
     let graft = Graft::load(&a.graft)?;
-    graft.check_base(&base.model.weights.tensors, &base.model.weights.content_hash)?;
+    graft.check_base(
+        &base.model.weights.tensors,
+        &base.model.weights.content_hash,
+    )?;
     let task = match (&a.data.task, &a.data.task_spec, &graft.manifest.task) {
         (None, None, Some(t)) => t.clone(),
         _ => a.data.task()?,
@@ -607,13 +638,21 @@ fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
     let head = graft.manifest.head.clone();
     let head_tensors = graft.head_tensors(&base.device)?;
     let ft_body = match &a.finetuned {
-        Some(dir) => load_finetuned(dir, &base.model, Some(&task), &base.tokenizer, &base.device)?
-            .model
-            .weights
-            .tensors,
+        Some(dir) => {
+            load_finetuned(dir, &base.model, Some(&task), &base.tokenizer, &base.device)?
+                .model
+                .weights
+                .tensors
+        }
         None => grafted_body(&base, &graft)?,
     };
-    let model = GraftableModel::new(&base.model, &ft_body, head_tensors, base.inputs(head), &graft.manifest.region)?;
+    let model = GraftableModel::new(
+        &base.model,
+        &ft_body,
+        head_tensors,
+        base.inputs(head),
+        &graft.manifest.region,
+    )?;
     let mask = graft.flat_indices(&model.region)?;
     let budget = mask.len();
     let abs: Vec<f32> = model.delta.iter().map(|d| d.abs()).collect();
@@ -629,19 +668,39 @@ fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
     let mut results = serde_json::Map::new();
     let in_dist = evaluate_variants(&model, &split, &split.test, &variants, a.bins)?;
     if !a.model.json {
-        println!("{} (in distribution, {} test examples)", task.name, split.test.len());
+        println!(
+            "{} (in distribution, {} test examples)",
+            task.name,
+            split.test.len()
+        );
         println!("{}", variants_table(&in_dist, a.bins));
     }
     results.insert(task.name.clone(), serde_json::to_value(&in_dist)?);
     for other in &a.eval_task {
         let ot = data::builtin_task(other).with_context(|| format!("unknown task `{other}`"))?;
         if ot.labels.len() != task.labels.len() {
-            bail!("task `{other}` has {} labels, `{}` has {}", ot.labels.len(), task.name, task.labels.len());
+            bail!(
+                "task `{other}` has {} labels, `{}` has {}",
+                ot.labels.len(),
+                task.name,
+                task.labels.len()
+            );
         }
-        let osplit = split_for(&ot, &a.data.data_dir(), a.data.k, a.data.seed, a.data.max_test)?;
+        let osplit = split_for(
+            &ot,
+            &a.data.data_dir(),
+            a.data.k,
+            a.data.seed,
+            a.data.max_test,
+        )?;
         let r = evaluate_variants(&model, &split, &osplit.test, &variants, a.bins)?;
         if !a.model.json {
-            println!("{} → {} (out of distribution, {} examples)", task.name, other, osplit.test.len());
+            println!(
+                "{} → {} (out of distribution, {} examples)",
+                task.name,
+                other,
+                osplit.test.len()
+            );
             println!("{}", variants_table(&r, a.bins));
         }
         results.insert(other.clone(), serde_json::to_value(&r)?);
@@ -657,9 +716,21 @@ fn load_grafts(paths: &[PathBuf], base: &BaseModel) -> Result<(Vec<String>, Vec<
     let mut grafts = Vec::new();
     for p in paths {
         let g = Graft::load(p)?;
-        g.check_base(&base.model.weights.tensors, &base.model.weights.content_hash)?;
-        let stem = p.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
-        names.push(g.manifest.task.as_ref().map(|t| format!("{}:{stem}", t.name)).unwrap_or(stem));
+        g.check_base(
+            &base.model.weights.tensors,
+            &base.model.weights.content_hash,
+        )?;
+        let stem = p
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default();
+        names.push(
+            g.manifest
+                .task
+                .as_ref()
+                .map(|t| format!("{}:{stem}", t.name))
+                .unwrap_or(stem),
+        );
         grafts.push(g);
     }
     let r0 = &grafts[0].manifest.region;
@@ -690,20 +761,50 @@ fn cmd_overlap(a: OverlapArgs) -> Result<()> {
     if a.model.json {
         return print_json(&serde_json::to_value(&rep)?);
     }
-    let fmt_u = |m: &Vec<Vec<usize>>| m.iter().map(|r| r.iter().map(|v| v.to_string()).collect()).collect::<Vec<Vec<String>>>();
-    let fmt_f = |m: &Vec<Vec<f64>>| m.iter().map(|r| r.iter().map(|v| format!("{v:.4}")).collect()).collect::<Vec<Vec<String>>>();
-    println!("{}", matrix_table("|A∩B|", &names, &fmt_u(&rep.intersection)));
+    let fmt_u = |m: &Vec<Vec<usize>>| {
+        m.iter()
+            .map(|r| r.iter().map(|v| v.to_string()).collect())
+            .collect::<Vec<Vec<String>>>()
+    };
+    let fmt_f = |m: &Vec<Vec<f64>>| {
+        m.iter()
+            .map(|r| r.iter().map(|v| format!("{v:.4}")).collect())
+            .collect::<Vec<Vec<String>>>()
+    };
+    println!(
+        "{}",
+        matrix_table("|A∩B|", &names, &fmt_u(&rep.intersection))
+    );
     println!("{}", matrix_table("Jaccard", &names, &fmt_f(&rep.jaccard)));
-    println!("{}", matrix_table("random Jaccard", &names, &fmt_f(&rep.random_jaccard)));
-    println!("{}", matrix_table("containment", &names, &fmt_f(&rep.containment)));
-    let mut layers: Vec<String> = rep.breakdown.iter().flat_map(|b| b.by_layer.keys().cloned()).collect();
+    println!(
+        "{}",
+        matrix_table("random Jaccard", &names, &fmt_f(&rep.random_jaccard))
+    );
+    println!(
+        "{}",
+        matrix_table("containment", &names, &fmt_f(&rep.containment))
+    );
+    let mut layers: Vec<String> = rep
+        .breakdown
+        .iter()
+        .flat_map(|b| b.by_layer.keys().cloned())
+        .collect();
     layers.sort();
     layers.dedup();
-    let mut modules: Vec<String> = rep.breakdown.iter().flat_map(|b| b.by_module.keys().cloned()).collect();
+    let mut modules: Vec<String> = rep
+        .breakdown
+        .iter()
+        .flat_map(|b| b.by_module.keys().cloned())
+        .collect();
     modules.sort();
     modules.dedup();
     for (title, keys, get) in [
-        ("by layer", &layers, (|b: &crate::graft::overlap::Breakdown, k: &str| b.by_layer.get(k).copied()) as fn(&_, &str) -> Option<usize>),
+        (
+            "by layer",
+            &layers,
+            (|b: &crate::graft::overlap::Breakdown, k: &str| b.by_layer.get(k).copied())
+                as fn(&_, &str) -> Option<usize>,
+        ),
         ("by module", &modules, |b, k| b.by_module.get(k).copied()),
     ] {
         let mut header = vec![title.to_string()];
@@ -736,7 +837,9 @@ fn cmd_compose(a: ComposeArgs) -> Result<()> {
     let mut rows = Vec::new();
     for (name, g) in names.iter().zip(&grafts) {
         let Some(task) = &g.manifest.task else {
-            rows.push(serde_json::json!({"task": name, "note": "graft has no task spec; not evaluated"}));
+            rows.push(
+                serde_json::json!({"task": name, "note": "graft has no task spec; not evaluated"}),
+            );
             continue;
         };
         let split = split_for(task, &data_dir, 16, a.seed, a.max_test)?;
@@ -746,7 +849,11 @@ fn cmd_compose(a: ComposeArgs) -> Result<()> {
             t.extend(g.head_tensors(&base.device)?);
             t
         };
-        let inst = crate::train::TaskInstance::new(inst_tensors, base.inputs(g.manifest.head.clone()), |_| false)?;
+        let inst = crate::train::TaskInstance::new(
+            inst_tensors,
+            base.inputs(g.manifest.head.clone()),
+            |_| false,
+        )?;
         let alone = {
             let applied = g.apply(&inst.tensors)?;
             let acc = crate::model::predict::accuracy(&inst.logits(&split.test, 64)?, &labels);
@@ -768,13 +875,29 @@ fn cmd_compose(a: ComposeArgs) -> Result<()> {
         composed.save(out)?;
     }
     if a.model.json {
-        return print_json(&serde_json::json!({"size": composed.size(), "rule": a.rule, "tasks": rows, "out": a.out}));
+        return print_json(
+            &serde_json::json!({"size": composed.size(), "rule": a.rule, "tasks": rows, "out": a.out}),
+        );
     }
-    println!("composed graft: {} parameters from {} grafts (rule {:?})", composed.size(), grafts.len(), a.rule);
+    println!(
+        "composed graft: {} parameters from {} grafts (rule {:?})",
+        composed.size(),
+        grafts.len(),
+        a.rule
+    );
     let mut t = Table::new(&["task", "base+head", "graft alone", "under composition"]);
     for r in &rows {
-        let f = |k: &str| r.get(k).and_then(|v| v.as_f64()).map_or("-".to_string(), |v| format!("{v:.4}"));
-        t.row(vec![r["task"].as_str().unwrap_or("?").to_string(), f("base_head"), f("alone"), f("composed")]);
+        let f = |k: &str| {
+            r.get(k)
+                .and_then(|v| v.as_f64())
+                .map_or("-".to_string(), |v| format!("{v:.4}"))
+        };
+        t.row(vec![
+            r["task"].as_str().unwrap_or("?").to_string(),
+            f("base_head"),
+            f("alone"),
+            f("composed"),
+        ]);
     }
     println!("{t}");
     Ok(())
@@ -783,14 +906,28 @@ fn cmd_compose(a: ComposeArgs) -> Result<()> {
 fn cmd_export(a: ExportArgs) -> Result<()> {
     let base = a.model.load()?;
     let graft = Graft::load(&a.graft)?;
-    graft.check_base(&base.model.weights.tensors, &base.model.weights.content_hash)?;
+    graft.check_base(
+        &base.model.weights.tensors,
+        &base.model.weights.content_hash,
+    )?;
     let mut tensors = grafted_body(&base, &graft)?;
     tensors.extend(graft.head_tensors(&base.device)?);
-    write_hf_dir(&a.out, &base.model, &tensors, &graft.manifest.head, graft.manifest.task.as_ref(), a.force)?;
+    write_hf_dir(
+        &a.out,
+        &base.model,
+        &tensors,
+        &graft.manifest.head,
+        graft.manifest.task.as_ref(),
+        a.force,
+    )?;
     if a.model.json {
         print_json(&serde_json::json!({"out": a.out, "size": graft.size()}))
     } else {
-        println!("base + graft ({} parameters) written to {}", graft.size(), a.out.display());
+        println!(
+            "base + graft ({} parameters) written to {}",
+            graft.size(),
+            a.out.display()
+        );
         Ok(())
     }
 }

@@ -192,7 +192,10 @@ impl GraftableModel {
     }
 
     /// Σ over batches of ∇_θ L ⊙ Δ at the current point (summed, not averaged), and the mean loss.
-    pub fn gradient_times_delta(&self, batches: &[(Vec<TextInput>, Vec<usize>)]) -> Result<(Vec<f32>, f64)> {
+    pub fn gradient_times_delta(
+        &self,
+        batches: &[(Vec<TextInput>, Vec<usize>)],
+    ) -> Result<(Vec<f32>, f64)> {
         let mut acc = vec![0f32; self.region.len()];
         let mut loss_sum = 0.0;
         for (texts, labels) in batches {
@@ -214,7 +217,10 @@ impl GraftableModel {
 
     /// Train and dev accuracy at the current point.
     pub fn accuracies(&self, split: &FewShotSplit) -> Result<(f64, f64)> {
-        Ok((self.inst.accuracy(&split.train, 64)?, self.inst.accuracy(&split.dev, 64)?))
+        Ok((
+            self.inst.accuracy(&split.train, 64)?,
+            self.inst.accuracy(&split.dev, 64)?,
+        ))
     }
 
     /// Logits of examples at the current point.
@@ -267,7 +273,11 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
 
-fn batches(model: &GraftableModel, examples: &[Example], batch_size: usize) -> Result<Vec<(Vec<TextInput>, Vec<usize>)>> {
+fn batches(
+    model: &GraftableModel,
+    examples: &[Example],
+    batch_size: usize,
+) -> Result<Vec<(Vec<TextInput>, Vec<usize>)>> {
     let texts = model.inst.inputs.texts(examples)?;
     Ok(texts
         .chunks(batch_size.max(1))
@@ -312,22 +322,23 @@ pub fn localize(
     let base_patch = top_k(&abs, k);
     let train_batches = batches(model, &split.train, opts.batch_size)?;
     let mut history = Vec::new();
-    let mut evaluate = |epoch: usize, mask: &[u32], loss: f64, t0: Instant| -> Result<(f64, EpochReport)> {
-        model.set_mask(mask)?;
-        let (tr, dv) = model.accuracies(split)?;
-        let r = EpochReport {
-            epoch,
-            mask_size: mask.len(),
-            flips: flips(mask, &base_patch),
-            train_accuracy: tr,
-            dev_accuracy: dv,
-            loss,
-            seconds: t0.elapsed().as_secs_f64(),
+    let mut evaluate =
+        |epoch: usize, mask: &[u32], loss: f64, t0: Instant| -> Result<(f64, EpochReport)> {
+            model.set_mask(mask)?;
+            let (tr, dv) = model.accuracies(split)?;
+            let r = EpochReport {
+                epoch,
+                mask_size: mask.len(),
+                flips: flips(mask, &base_patch),
+                train_accuracy: tr,
+                dev_accuracy: dv,
+                loss,
+                seconds: t0.elapsed().as_secs_f64(),
+            };
+            progress(Progress::Epoch(r.clone()));
+            history.push(r.clone());
+            Ok((tr + dv, r))
         };
-        progress(Progress::Epoch(r.clone()));
-        history.push(r.clone());
-        Ok((tr + dv, r))
-    };
     let (mask, best_epoch) = match opts.method {
         Method::Magnitude => {
             evaluate(0, &base_patch, f64::NAN, Instant::now())?;

@@ -178,13 +178,25 @@ impl Graft {
         for e in &self.entries {
             let n: usize = e.shape.iter().product();
             if e.indices.len() != e.values.len() {
-                bail!("graft entry `{}`: {} indices but {} values", e.name, e.indices.len(), e.values.len());
+                bail!(
+                    "graft entry `{}`: {} indices but {} values",
+                    e.name,
+                    e.indices.len(),
+                    e.values.len()
+                );
             }
             if e.indices.windows(2).any(|w| w[0] >= w[1]) {
-                bail!("graft entry `{}`: indices are not strictly increasing", e.name);
+                bail!(
+                    "graft entry `{}`: indices are not strictly increasing",
+                    e.name
+                );
             }
             if e.indices.last().is_some_and(|&i| i as usize >= n) {
-                bail!("graft entry `{}`: index out of range for shape {:?}", e.name, e.shape);
+                bail!(
+                    "graft entry `{}`: index out of range for shape {:?}",
+                    e.name,
+                    e.shape
+                );
             }
             if e.values.iter().any(|v| !v.is_finite()) {
                 bail!("graft entry `{}`: non-finite value", e.name);
@@ -192,11 +204,19 @@ impl Graft {
         }
         for (name, h) in &self.head {
             if h.values.len() != h.shape.iter().product::<usize>() {
-                bail!("head tensor `{name}`: {} values for shape {:?}", h.values.len(), h.shape);
+                bail!(
+                    "head tensor `{name}`: {} values for shape {:?}",
+                    h.values.len(),
+                    h.shape
+                );
             }
         }
         if self.size() != self.manifest.size {
-            bail!("graft manifest says {} parameters, the file holds {}", self.manifest.size, self.size());
+            bail!(
+                "graft manifest says {} parameters, the file holds {}",
+                self.manifest.size,
+                self.size()
+            );
         }
         Ok(())
     }
@@ -205,7 +225,10 @@ impl Graft {
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let mut raws = Vec::new();
         for e in &self.entries {
-            raws.push(RawTensor::from_u32(format!("graft.{}.indices", e.name), &e.indices));
+            raws.push(RawTensor::from_u32(
+                format!("graft.{}.indices", e.name),
+                &e.indices,
+            ));
             raws.push(RawTensor::from_f32(
                 format!("graft.{}.values", e.name),
                 vec![e.values.len()],
@@ -222,10 +245,16 @@ impl Graft {
             )?);
         }
         let mut meta = std::collections::HashMap::new();
-        meta.insert("skillgraft".to_string(), serde_json::to_string(&self.manifest)?);
+        meta.insert(
+            "skillgraft".to_string(),
+            serde_json::to_string(&self.manifest)?,
+        );
         meta.insert("shapes".to_string(), {
-            let shapes: BTreeMap<&str, &Vec<usize>> =
-                self.entries.iter().map(|e| (e.name.as_str(), &e.shape)).collect();
+            let shapes: BTreeMap<&str, &Vec<usize>> = self
+                .entries
+                .iter()
+                .map(|e| (e.name.as_str(), &e.shape))
+                .collect();
             serde_json::to_string(&shapes)?
         });
         safetensors_bytes(&raws, Some(meta))
@@ -242,20 +271,27 @@ impl Graft {
             .as_ref()
             .context("not a graft file: no skillgraft metadata")?;
         let manifest: GraftManifest = serde_json::from_str(
-            meta.get("skillgraft").context("not a graft file: no skillgraft metadata")?,
+            meta.get("skillgraft")
+                .context("not a graft file: no skillgraft metadata")?,
         )
         .context("graft metadata is not valid")?;
         if manifest.format != GRAFT_FORMAT {
-            bail!("graft format {} is not supported (this build reads {GRAFT_FORMAT})", manifest.format);
+            bail!(
+                "graft format {} is not supported (this build reads {GRAFT_FORMAT})",
+                manifest.format
+            );
         }
         let shapes: BTreeMap<String, Vec<usize>> = serde_json::from_str(
-            meta.get("shapes").context("graft file has no tensor shapes")?,
+            meta.get("shapes")
+                .context("graft file has no tensor shapes")?,
         )
         .context("graft shapes are not valid")?;
         let mut entries = Vec::new();
         let mut head = BTreeMap::new();
         let read_f32 = |name: &str| -> Result<(Vec<usize>, Vec<f32>)> {
-            let v = st.tensor(name).map_err(|e| anyhow::anyhow!("graft file: {name}: {e}"))?;
+            let v = st
+                .tensor(name)
+                .map_err(|e| anyhow::anyhow!("graft file: {name}: {e}"))?;
             if v.dtype() != safetensors::Dtype::F32 {
                 bail!("graft file: `{name}` must be F32");
             }
@@ -268,7 +304,9 @@ impl Graft {
         };
         for (name, shape) in &shapes {
             let iname = format!("graft.{name}.indices");
-            let v = st.tensor(&iname).map_err(|e| anyhow::anyhow!("graft file: {iname}: {e}"))?;
+            let v = st
+                .tensor(&iname)
+                .map_err(|e| anyhow::anyhow!("graft file: {iname}: {e}"))?;
             if v.dtype() != safetensors::Dtype::U32 {
                 bail!("graft file: `{iname}` must be U32");
             }
@@ -309,7 +347,8 @@ impl Graft {
 
     /// Reads a graft file.
     pub fn load(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).with_context(|| format!("cannot read graft {}", path.display()))?;
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read graft {}", path.display()))?;
         Self::from_bytes(&bytes).with_context(|| format!("{}", path.display()))
     }
 
@@ -328,7 +367,12 @@ impl Graft {
                 bail!("graft touches `{}`, which the base does not have", e.name);
             };
             if t.dims() != e.shape.as_slice() {
-                bail!("graft tensor `{}` has shape {:?}, the base {:?}", e.name, e.shape, t.dims());
+                bail!(
+                    "graft tensor `{}` has shape {:?}, the base {:?}",
+                    e.name,
+                    e.shape,
+                    t.dims()
+                );
             }
         }
         Ok(())
@@ -339,13 +383,20 @@ impl Graft {
         let mut saved = Vec::with_capacity(self.entries.len());
         let result = (|| -> Result<()> {
             for e in &self.entries {
-                let t = tensors
-                    .get(&e.name)
-                    .with_context(|| format!("graft touches `{}`, which the model does not have", e.name))?;
+                let t = tensors.get(&e.name).with_context(|| {
+                    format!("graft touches `{}`, which the model does not have", e.name)
+                })?;
                 if t.dims() != e.shape.as_slice() {
-                    bail!("graft tensor `{}` has shape {:?}, the model {:?}", e.name, e.shape, t.dims());
+                    bail!(
+                        "graft tensor `{}` has shape {:?}, the model {:?}",
+                        e.name,
+                        e.shape,
+                        t.dims()
+                    );
                 }
-                let old = with_cpu_slice::<f32, _>(t, |w| e.indices.iter().map(|&i| w[i as usize]).collect())?;
+                let old = with_cpu_slice::<f32, _>(t, |w| {
+                    e.indices.iter().map(|&i| w[i as usize]).collect()
+                })?;
                 write_cpu_f32(t, |w| {
                     for (&i, &v) in e.indices.iter().zip(&e.values) {
                         w[i as usize] = v;
@@ -369,16 +420,24 @@ impl Graft {
     pub fn head_tensors(&self, device: &Device) -> Result<BTreeMap<String, Tensor>> {
         let mut out = BTreeMap::new();
         for (name, h) in &self.head {
-            out.insert(name.clone(), Tensor::from_vec(h.values.clone(), h.shape.clone(), device)?);
+            out.insert(
+                name.clone(),
+                Tensor::from_vec(h.values.clone(), h.shape.clone(), device)?,
+            );
         }
         Ok(out)
     }
 
     /// Head tensors taken from a tensor map.
-    pub fn head_from_tensors(names: &[String], tensors: &BTreeMap<String, Tensor>) -> Result<BTreeMap<String, HeadTensor>> {
+    pub fn head_from_tensors(
+        names: &[String],
+        tensors: &BTreeMap<String, Tensor>,
+    ) -> Result<BTreeMap<String, HeadTensor>> {
         let mut out = BTreeMap::new();
         for n in names {
-            let t = tensors.get(n).with_context(|| format!("head tensor `{n}` is missing"))?;
+            let t = tensors
+                .get(n)
+                .with_context(|| format!("head tensor `{n}` is missing"))?;
             out.insert(
                 n.clone(),
                 HeadTensor {

@@ -78,7 +78,10 @@ pub fn overlap(names: &[String], grafts: &[Graft], region: &FlatRegion) -> Resul
     if grafts.len() != names.len() || grafts.is_empty() {
         bail!("overlap needs one name per graft and at least one graft");
     }
-    let flats: Vec<Vec<u32>> = grafts.iter().map(|g| g.flat_indices(region)).collect::<Result<_>>()?;
+    let flats: Vec<Vec<u32>> = grafts
+        .iter()
+        .map(|g| g.flat_indices(region))
+        .collect::<Result<_>>()?;
     let n = flats.len();
     let big_n = region.len() as f64;
     let mut inter = vec![vec![0usize; n]; n];
@@ -92,11 +95,25 @@ pub fn overlap(names: &[String], grafts: &[Graft], region: &FlatRegion) -> Resul
             let (a, b, c) = (flats[i].len(), flats[j].len(), common.len());
             inter[i][j] = c;
             let union = a + b - c;
-            jac[i][j] = if union == 0 { 0.0 } else { c as f64 / union as f64 };
-            con[i][j] = if a.min(b) == 0 { 0.0 } else { c as f64 / a.min(b) as f64 };
+            jac[i][j] = if union == 0 {
+                0.0
+            } else {
+                c as f64 / union as f64
+            };
+            con[i][j] = if a.min(b) == 0 {
+                0.0
+            } else {
+                c as f64 / a.min(b) as f64
+            };
             let expected = a as f64 * b as f64 / big_n;
             let eu = a as f64 + b as f64 - expected;
-            rnd[i][j] = if i == j { 1.0 } else if eu > 0.0 { expected / eu } else { 0.0 };
+            rnd[i][j] = if i == j {
+                1.0
+            } else if eu > 0.0 {
+                expected / eu
+            } else {
+                0.0
+            };
             if i < j {
                 shared_breakdown.insert(format!("{i},{j}"), breakdown_of(region, &common));
             }
@@ -126,7 +143,11 @@ pub enum ConflictRule {
 
 /// The union of grafts' body entries; shared coordinates resolved by `rule`. Head and manifest come from the
 /// first graft (each member task keeps its own head when evaluated under the composition).
-pub fn compose(grafts: &[Graft], region: &FlatRegion, rule: ConflictRule) -> Result<Vec<GraftEntry>> {
+pub fn compose(
+    grafts: &[Graft],
+    region: &FlatRegion,
+    rule: ConflictRule,
+) -> Result<Vec<GraftEntry>> {
     if grafts.is_empty() {
         bail!("nothing to compose");
     }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use crate::model::ops::to_f32_vec;
 
 /// Which parameters grafting may select from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegionSpec {
     /// Include the embedding tables and their LayerNorm.
     #[serde(default)]
@@ -18,18 +18,13 @@ pub struct RegionSpec {
     pub layers: Option<Vec<usize>>,
 }
 
-impl Default for RegionSpec {
-    fn default() -> Self {
-        Self {
-            include_embeddings: false,
-            layers: None,
-        }
-    }
-}
-
 /// Layer index of an encoder tensor name (`encoder.layer.N.…`).
 pub fn layer_of(name: &str) -> Option<usize> {
-    name.strip_prefix("encoder.layer.")?.split('.').next()?.parse().ok()
+    name.strip_prefix("encoder.layer.")?
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Module type of a tensor name, for overlap breakdowns.
@@ -131,7 +126,10 @@ impl FlatRegion {
                 bail!("model has no tensor `{name}`");
             };
             if t.dims() != shape.as_slice() {
-                bail!("tensor `{name}` has shape {:?}, the region expects {shape:?}", t.dims());
+                bail!(
+                    "tensor `{name}` has shape {:?}, the region expects {shape:?}",
+                    t.dims()
+                );
             }
             out.extend(to_f32_vec(t)?);
         }
@@ -156,9 +154,15 @@ mod tests {
         assert!(!only.contains("encoder.layer.3.output.dense.bias"));
         assert!(only.contains("encoder.layer.1.output.dense.bias"));
         assert!(only.contains("embeddings.LayerNorm.weight"));
-        assert_eq!(module_of("encoder.layer.0.attention.output.dense.weight"), "attention_output");
+        assert_eq!(
+            module_of("encoder.layer.0.attention.output.dense.weight"),
+            "attention_output"
+        );
         assert_eq!(module_of("encoder.layer.0.output.dense.weight"), "ffn_out");
-        assert_eq!(module_of("encoder.layer.0.output.LayerNorm.bias"), "layernorm");
+        assert_eq!(
+            module_of("encoder.layer.0.output.LayerNorm.bias"),
+            "layernorm"
+        );
         assert_eq!(module_of("encoder.layer.0.intermediate.dense.bias"), "bias");
         assert_eq!(layer_of("encoder.layer.11.output.dense.bias"), Some(11));
     }

@@ -76,8 +76,9 @@ impl ModelConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read model config {}", path.display()))?;
-        let cfg: ModelConfig = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not a valid BERT/RoBERTa config.json", path.display()))?;
+        let cfg: ModelConfig = serde_json::from_str(&text).with_context(|| {
+            format!("{} is not a valid BERT/RoBERTa config.json", path.display())
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -91,14 +92,20 @@ impl ModelConfig {
                 self.hidden_act
             );
         }
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
             bail!(
                 "hidden_size {} is not divisible by num_attention_heads {}",
                 self.hidden_size,
                 self.num_attention_heads
             );
         }
-        if let Some(kind) = self.extra.get("position_embedding_type").and_then(|v| v.as_str()) {
+        if let Some(kind) = self
+            .extra
+            .get("position_embedding_type")
+            .and_then(|v| v.as_str())
+        {
             if kind != "absolute" {
                 bail!("position_embedding_type `{kind}` is not supported (only `absolute`)");
             }
@@ -133,11 +140,31 @@ impl ModelConfig {
         let pairs = [
             ("vocab_size", self.vocab_size, other.vocab_size),
             ("hidden_size", self.hidden_size, other.hidden_size),
-            ("num_hidden_layers", self.num_hidden_layers, other.num_hidden_layers),
-            ("num_attention_heads", self.num_attention_heads, other.num_attention_heads),
-            ("intermediate_size", self.intermediate_size, other.intermediate_size),
-            ("max_position_embeddings", self.max_position_embeddings, other.max_position_embeddings),
-            ("type_vocab_size", self.type_vocab_size, other.type_vocab_size),
+            (
+                "num_hidden_layers",
+                self.num_hidden_layers,
+                other.num_hidden_layers,
+            ),
+            (
+                "num_attention_heads",
+                self.num_attention_heads,
+                other.num_attention_heads,
+            ),
+            (
+                "intermediate_size",
+                self.intermediate_size,
+                other.intermediate_size,
+            ),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                other.max_position_embeddings,
+            ),
+            (
+                "type_vocab_size",
+                self.type_vocab_size,
+                other.type_vocab_size,
+            ),
         ];
         if self.architecture()? != other.architecture()? {
             bail!(

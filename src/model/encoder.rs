@@ -104,7 +104,10 @@ impl Embeddings {
         let h = cfg.hidden_size;
         Ok(Self {
             word: vb.get((cfg.vocab_size, h), "word_embeddings.weight")?,
-            position: vb.get((cfg.max_position_embeddings, h), "position_embeddings.weight")?,
+            position: vb.get(
+                (cfg.max_position_embeddings, h),
+                "position_embeddings.weight",
+            )?,
             token_type: vb.get((cfg.type_vocab_size, h), "token_type_embeddings.weight")?,
             norm: Norm::load(vb.pp("LayerNorm"), h, cfg.layer_norm_eps)?,
         })
@@ -114,7 +117,9 @@ impl Embeddings {
         let (b, s) = input.input_ids.dims2()?;
         let h = self.word.dim(1)?;
         let lookup = |table: &Tensor, ids: &Tensor| -> Result<Tensor> {
-            table.index_select(&ids.flatten_all()?, 0)?.reshape((b, s, h))
+            table
+                .index_select(&ids.flatten_all()?, 0)?
+                .reshape((b, s, h))
         };
         let x = lookup(&self.word, &input.input_ids)?;
         let x = (x + lookup(&self.position, &input.position_ids)?)?;
@@ -159,7 +164,9 @@ impl Layer {
         let (b, s, h) = x.dims3()?;
         let dh = h / self.heads;
         let split = |t: Tensor| -> Result<Tensor> {
-            t.reshape((b, s, self.heads, dh))?.transpose(1, 2)?.contiguous()
+            t.reshape((b, s, self.heads, dh))?
+                .transpose(1, 2)?
+                .contiguous()
         };
         let scale = 1.0 / (dh as f64).sqrt();
         let q = split((self.query.forward(x)? * scale)?)?;
@@ -172,7 +179,9 @@ impl Layer {
             .transpose(1, 2)?
             .contiguous()?
             .reshape((b, s, h))?;
-        let a = self.attn_norm.forward(&(self.attn_out.forward(&ctx)? + x)?)?;
+        let a = self
+            .attn_norm
+            .forward(&(self.attn_out.forward(&ctx)? + x)?)?;
         let f = gelu(&self.ffn_in.forward(&a)?)?;
         self.out_norm.forward(&(self.ffn_out.forward(&f)? + a)?)
     }

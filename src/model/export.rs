@@ -44,7 +44,9 @@ fn hf_layout(head: &HeadSpec, arch: Architecture) -> (bool, bool, &'static str) 
     // (prefix body, head tensors in the extra file, HF architecture class)
     match (head, arch) {
         (HeadSpec::BertClassifier { .. }, _) => (true, false, "BertForSequenceClassification"),
-        (HeadSpec::RobertaClassifier { .. }, _) => (true, false, "RobertaForSequenceClassification"),
+        (HeadSpec::RobertaClassifier { .. }, _) => {
+            (true, false, "RobertaForSequenceClassification")
+        }
         (HeadSpec::Prompt { .. }, Architecture::Bert) => (true, false, "BertForMaskedLM"),
         (HeadSpec::Prompt { .. }, Architecture::Roberta) => (true, false, "RobertaForMaskedLM"),
         (_, Architecture::Bert) => (false, true, "BertModel"),
@@ -71,7 +73,10 @@ pub fn write_hf_dir(
         if !is_head && !is_body_name(name) {
             continue;
         }
-        let values = t.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
+        let values = t
+            .flatten_all()?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1::<f32>()?;
         let stored = match base.weights.stored_dtypes.get(name).map(String::as_str) {
             Some("F16") => safetensors::Dtype::F16,
             Some("BF16") => safetensors::Dtype::BF16,
@@ -100,10 +105,15 @@ pub fn write_hf_dir(
     let mut config = serde_json::to_value(&base.config)?;
     if let Some(obj) = config.as_object_mut() {
         obj.insert("architectures".into(), serde_json::json!([class]));
-        if matches!(head, HeadSpec::BertClassifier { .. } | HeadSpec::RobertaClassifier { .. }) {
+        if matches!(
+            head,
+            HeadSpec::BertClassifier { .. } | HeadSpec::RobertaClassifier { .. }
+        ) {
             let labels: Vec<String> = match task {
                 Some(t) if t.labels.len() == head.num_labels() => t.labels.clone(),
-                _ => (0..head.num_labels()).map(|i| format!("LABEL_{i}")).collect(),
+                _ => (0..head.num_labels())
+                    .map(|i| format!("LABEL_{i}"))
+                    .collect(),
             };
             let id2label: serde_json::Map<String, serde_json::Value> = labels
                 .iter()
@@ -128,12 +138,19 @@ pub fn write_hf_dir(
         if let Some(b) = &head_bytes {
             atomic_write(&tmp.join(HEAD_TENSORS), b)?;
         }
-        atomic_write(&tmp.join("config.json"), serde_json::to_string_pretty(&config)?.as_bytes())?;
-        atomic_write(&tmp.join(HEAD_MANIFEST), serde_json::to_string_pretty(&manifest)?.as_bytes())?;
+        atomic_write(
+            &tmp.join("config.json"),
+            serde_json::to_string_pretty(&config)?.as_bytes(),
+        )?;
+        atomic_write(
+            &tmp.join(HEAD_MANIFEST),
+            serde_json::to_string_pretty(&manifest)?.as_bytes(),
+        )?;
         for f in TOKENIZER_FILES {
             let src = base.files.dir.join(f);
             if src.is_file() {
-                std::fs::copy(&src, tmp.join(f)).with_context(|| format!("cannot copy {}", src.display()))?;
+                std::fs::copy(&src, tmp.join(f))
+                    .with_context(|| format!("cannot copy {}", src.display()))?;
             }
         }
         Ok(())
@@ -153,8 +170,18 @@ pub struct FinetunedModel {
 }
 
 /// Infers the head of a checkpoint without a manifest from its tensor names (transformers layouts).
-pub fn detect_head(weights: &WeightMap, arch: Architecture, task: Option<&TaskSpec>, tokenizer: &TextEncoder) -> Result<HeadSpec> {
-    let rows = |name: &str| weights.tensors.get(name).and_then(|t| t.dims().first().copied());
+pub fn detect_head(
+    weights: &WeightMap,
+    arch: Architecture,
+    task: Option<&TaskSpec>,
+    tokenizer: &TextEncoder,
+) -> Result<HeadSpec> {
+    let rows = |name: &str| {
+        weights
+            .tensors
+            .get(name)
+            .and_then(|t| t.dims().first().copied())
+    };
     if let Some(n) = rows("classifier.out_proj.weight") {
         return Ok(HeadSpec::RobertaClassifier { num_labels: n });
     }
@@ -167,7 +194,9 @@ pub fn detect_head(weights: &WeightMap, arch: Architecture, task: Option<&TaskSp
             pooling: Pooling::Cls,
         });
     }
-    if weights.tensors.contains_key("cls.predictions.bias") || weights.tensors.contains_key("lm_head.bias") {
+    if weights.tensors.contains_key("cls.predictions.bias")
+        || weights.tensors.contains_key("lm_head.bias")
+    {
         let task = task.context(
             "the checkpoint has a masked-LM head: name the task (its template and label words) to use it as a prompt head",
         )?;

@@ -127,7 +127,11 @@ impl HeadSpec {
     }
 
     /// Turns examples into model inputs for this head (prompt heads fill the template).
-    pub fn inputs(&self, examples: &[Example], mask_token: Option<&str>) -> anyhow::Result<Vec<TextInput>> {
+    pub fn inputs(
+        &self,
+        examples: &[Example],
+        mask_token: Option<&str>,
+    ) -> anyhow::Result<Vec<TextInput>> {
         match self {
             HeadSpec::Prompt { template, .. } => {
                 let mask = mask_token.context("prompt head needs a tokenizer with a mask token")?;
@@ -220,13 +224,22 @@ fn pool(hidden: &Tensor, input: &EncoderInput, pooling: Pooling) -> Result<Tenso
 /// Mean-pooled, L2-normalized sentence embeddings (the sentence-transformers recipe).
 pub fn sentence_embeddings(hidden: &Tensor, input: &EncoderInput) -> Result<Tensor> {
     let pooled = mean_pool(hidden, input)?;
-    let norm = pooled.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+    let norm = pooled
+        .sqr()?
+        .sum_keepdim(1)?
+        .sqrt()?
+        .clamp(1e-12, f64::MAX)?;
     pooled.broadcast_div(&norm)
 }
 
 impl TaskHead {
     /// Builds the head from its tensors under their canonical names; `word_embeddings` is the tied decoder.
-    pub fn load(spec: &HeadSpec, vb: VarBuilder, cfg: &ModelConfig, word_embeddings: &Tensor) -> Result<Self> {
+    pub fn load(
+        spec: &HeadSpec,
+        vb: VarBuilder,
+        cfg: &ModelConfig,
+        word_embeddings: &Tensor,
+    ) -> Result<Self> {
         let h = cfg.hidden_size;
         let n = spec.num_labels();
         Ok(match spec {
@@ -244,7 +257,10 @@ impl TaskHead {
             },
             HeadSpec::Prompt { label_word_ids, .. } => {
                 let ids = Tensor::from_vec(label_word_ids.clone(), n, word_embeddings.device())?;
-                let (dense, norm, bias) = match cfg.architecture().map_err(candle_core::Error::wrap)? {
+                let (dense, norm, bias) = match cfg
+                    .architecture()
+                    .map_err(candle_core::Error::wrap)?
+                {
                     Architecture::Bert => {
                         let t = vb.pp("cls").pp("predictions");
                         (
@@ -287,7 +303,10 @@ impl TaskHead {
                 let x = dense.forward(&first_token(hidden)?)?.tanh()?;
                 out_proj.forward(&x)
             }
-            TaskHead::Linear { classifier, pooling } => classifier.forward(&pool(hidden, input, *pooling)?),
+            TaskHead::Linear {
+                classifier,
+                pooling,
+            } => classifier.forward(&pool(hidden, input, *pooling)?),
             TaskHead::Prompt {
                 dense,
                 norm,

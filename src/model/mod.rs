@@ -70,8 +70,13 @@ impl ParamSet {
 }
 
 /// A tensor map keyed the way candle's `VarBuilder` expects.
-pub fn to_hash_map(tensors: &BTreeMap<String, Tensor>) -> std::collections::HashMap<String, Tensor> {
-    tensors.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+pub fn to_hash_map(
+    tensors: &BTreeMap<String, Tensor>,
+) -> std::collections::HashMap<String, Tensor> {
+    tensors
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 /// The base model a process serves: weights, tokenizer, device, and a display name.
@@ -89,7 +94,11 @@ pub struct BaseModel {
 
 impl BaseModel {
     /// Loads an HF directory (needs `tokenizer.json`); `max_len` caps tokens per input.
-    pub fn load(dir: &std::path::Path, device: &candle_core::Device, max_len: usize) -> Result<Self> {
+    pub fn load(
+        dir: &std::path::Path,
+        device: &candle_core::Device,
+        max_len: usize,
+    ) -> Result<Self> {
         let model = LoadedModel::load(dir, device)?;
         let Some(tok) = &model.files.tokenizer else {
             bail!("{} has no tokenizer.json", dir.display());
@@ -119,12 +128,20 @@ impl BaseModel {
     }
 
     /// Builds a head spec of `kind` for a task on this base (label-word ids from this tokenizer).
-    pub fn head_spec(&self, kind: HeadKind, task: &crate::data::TaskSpec, temperature: f64) -> Result<HeadSpec> {
+    pub fn head_spec(
+        &self,
+        kind: HeadKind,
+        task: &crate::data::TaskSpec,
+        temperature: f64,
+    ) -> Result<HeadSpec> {
         let n = task.labels.len();
         Ok(match kind {
             HeadKind::Prototype => {
                 if task.label_descriptions.len() != n {
-                    bail!("task `{}` has no label descriptions for a prototype head", task.name);
+                    bail!(
+                        "task `{}` has no label descriptions for a prototype head",
+                        task.name
+                    );
                 }
                 HeadSpec::Prototype {
                     descriptions: task.label_descriptions.clone(),
@@ -159,16 +176,27 @@ impl BaseModel {
     pub fn init_head(&self, spec: &HeadSpec, seed: u64) -> Result<BTreeMap<String, Tensor>> {
         match spec {
             HeadSpec::Prototype { descriptions, .. } => {
-                let t = crate::train::prototype_tensor(&self.model, &self.inputs(spec.clone()), descriptions)?;
+                let t = crate::train::prototype_tensor(
+                    &self.model,
+                    &self.inputs(spec.clone()),
+                    descriptions,
+                )?;
                 Ok(BTreeMap::from([("prototype.weight".to_string(), t)]))
             }
-            _ => heads::init_head_tensors(spec, &self.model.config, &self.model.weights.tensors, seed),
+            _ => heads::init_head_tensors(
+                spec,
+                &self.model.config,
+                &self.model.weights.tensors,
+                seed,
+            ),
         }
     }
 }
 
 /// Head kinds a user can ask for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum HeadKind {
     /// Frozen prototypes (base embeddings of label descriptions), cosine / τ.

@@ -6,8 +6,8 @@
 //! fall back to composed candle ops, which are differentiable too.
 
 use candle_core::{
-    bail, CpuStorage, CustomOp1, CustomOp3, DType, InplaceOp1, Layout, Result, Shape, Storage, Tensor,
-    WithDType, D,
+    bail, CpuStorage, CustomOp1, CustomOp3, DType, InplaceOp1, Layout, Result, Shape, Storage,
+    Tensor, WithDType, D,
 };
 use num_traits::Float;
 use rayon::prelude::*;
@@ -16,7 +16,9 @@ use rayon::prelude::*;
 const PAR_GRAIN: usize = 32 * 1024;
 
 /// Floating-point element types the CPU kernels support.
-pub trait Real: WithDType + Float + Send + Sync + std::iter::Sum {
+pub trait Real:
+    WithDType + Float + Send + Sync + std::iter::Sum + std::ops::AddAssign + std::ops::MulAssign
+{
     /// The error function.
     fn erf(self) -> Self;
 }
@@ -42,7 +44,7 @@ fn erf_f32_fast(x: f32) -> f32 {
     p = p * x2 + -2.101_024e-6;
     p = p * x2 + -5.692_506_4e-5;
     p = p * x2 + -7.349_906_3e-4;
-    p = p * x2 + -2.954_600e-3;
+    p = p * x2 + -2.954_6e-3;
     p = p * x2 + -1.609_603_3e-2;
     p *= x;
     let mut q = x2 * -1.456_607_2e-5 + -2.133_740_6e-4;
@@ -166,30 +168,27 @@ impl CustomOp3 for LayerNormOp {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let d = last_dim(l1)?;
-        fn run<T: Real>(
-            s1: &CpuStorage,
-            l1: &Layout,
-            s2: &CpuStorage,
-            l2: &Layout,
-            s3: &CpuStorage,
-            l3: &Layout,
-            d: usize,
-            eps: f64,
-        ) -> Result<Vec<T>> {
-            let x = contiguous_slice::<T>(s1, l1)?;
-            let g = contiguous_slice::<T>(s2, l2)?;
-            let b = contiguous_slice::<T>(s3, l3)?;
+        type Operand<'a> = (&'a CpuStorage, &'a Layout);
+        fn run<T: Real>(ops: [Operand<'_>; 3], d: usize, eps: f64) -> Result<Vec<T>> {
+            let x = contiguous_slice::<T>(ops[0].0, ops[0].1)?;
+            let g = contiguous_slice::<T>(ops[1].0, ops[1].1)?;
+            let b = contiguous_slice::<T>(ops[2].0, ops[2].1)?;
             if g.len() != d || b.len() != d {
-                bail!("layer norm: gamma/beta have {} / {} values, expected {d}", g.len(), b.len());
+                bail!(
+                    "layer norm: gamma/beta have {} / {} values, expected {d}",
+                    g.len(),
+                    b.len()
+                );
             }
             let eps = T::from(eps).unwrap_or_else(T::epsilon);
             let mut y = vec![T::zero(); x.len()];
             par_rows(x, &mut y, d, |xi, yo| layer_norm_rows(xi, g, b, yo, d, eps));
             Ok(y)
         }
+        let ops = [(s1, l1), (s2, l2), (s3, l3)];
         let out = match s1 {
-            CpuStorage::F32(_) => CpuStorage::F32(run::<f32>(s1, l1, s2, l2, s3, l3, d, self.eps)?),
-            CpuStorage::F64(_) => CpuStorage::F64(run::<f64>(s1, l1, s2, l2, s3, l3, d, self.eps)?),
+            CpuStorage::F32(_) => CpuStorage::F32(run::<f32>(ops, d, self.eps)?),
+            CpuStorage::F64(_) => CpuStorage::F64(run::<f64>(ops, d, self.eps)?),
             _ => bail!("layer norm: only f32 and f64 are supported"),
         };
         Ok((out, l1.shape().clone()))
@@ -203,7 +202,13 @@ impl CustomOp3 for LayerNormOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        fn run<T: Real>(x: &[T], g: &[T], dy: &[T], d: usize, eps: f64) -> (Vec<T>, Vec<T>, Vec<T>) {
+        fn run<T: Real>(
+            x: &[T],
+            g: &[T],
+            dy: &[T],
+            d: usize,
+            eps: f64,
+        ) -> (Vec<T>, Vec<T>, Vec<T>) {
             let n = T::from(d).unwrap_or_else(T::one);
             let eps = T::from(eps).unwrap_or_else(T::epsilon);
             let mut dx = vec![T::zero(); x.len()];
@@ -232,10 +237,10 @@ impl CustomOp3 for LayerNormOp {
                         for j in 0..d {
                             let xhat = (xr[j] - mean) * rstd;
                             let gdy = g[j] * dyr[j];
-                            sum_gdy = sum_gdy + gdy;
-                            sum_gdy_xhat = sum_gdy_xhat + gdy * xhat;
-                            dg[j] = dg[j] + dyr[j] * xhat;
-                            db[j] = db[j] + dyr[j];
+                            sum_gdy += gdy;
+                            sum_gdy_xhat += gdy * xhat;
+                            dg[j] += dyr[j] * xhat;
+                            db[j] += dyr[j];
                         }
                         let m1 = sum_gdy / n;
                         let m2 = sum_gdy_xhat / n;
@@ -251,8 +256,8 @@ impl CustomOp3 for LayerNormOp {
             let mut dbeta = vec![T::zero(); d];
             for (dg, db) in partials {
                 for j in 0..d {
-                    dgamma[j] = dgamma[j] + dg[j];
-                    dbeta[j] = dbeta[j] + db[j];
+                    dgamma[j] += dg[j];
+                    dbeta[j] += db[j];
                 }
             }
             (dx, dgamma, dbeta)
@@ -296,8 +301,11 @@ impl CustomOp3 for LayerNormOp {
 /// LayerNorm over the last dimension, differentiable w.r.t. `x`, `gamma` and `beta`.
 pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
     if x.device().is_cpu() {
-        x.contiguous()?
-            .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, LayerNormOp { eps })
+        x.contiguous()?.apply_op3(
+            &gamma.contiguous()?,
+            &beta.contiguous()?,
+            LayerNormOp { eps },
+        )
     } else {
         let mean = x.mean_keepdim(D::Minus1)?;
         let xc = x.broadcast_sub(&mean)?;
@@ -314,16 +322,19 @@ struct SoftmaxOp;
 
 fn softmax_rows<T: Real>(x: &[T], y: &mut [T], d: usize) {
     for (xr, yr) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
-        let max = xr.iter().copied().fold(T::neg_infinity(), <T as Float>::max);
+        let max = xr
+            .iter()
+            .copied()
+            .fold(T::neg_infinity(), <T as Float>::max);
         let mut sum = T::zero();
         for j in 0..d {
             let e = (xr[j] - max).exp();
             yr[j] = e;
-            sum = sum + e;
+            sum += e;
         }
         let inv = T::one() / sum;
         for v in yr.iter_mut() {
-            *v = *v * inv;
+            *v *= inv;
         }
     }
 }
@@ -491,7 +502,9 @@ mod tests {
         let mut s = seed;
         let v: Vec<f64> = (0..n)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((s >> 11) as f64 / (1u64 << 53) as f64) * 4.0 - 2.0
             })
             .collect();
@@ -501,7 +514,10 @@ mod tests {
     /// Checks d(sum(w * f(x)))/dx from autograd against central finite differences, in f64.
     fn check_grad(f: impl Fn(&Tensor) -> Result<Tensor>, x0: &Tensor, w: &Tensor) {
         let x = Var::from_tensor(x0).expect("var");
-        let loss = (f(x.as_tensor()).expect("f") * w).expect("mul").sum_all().expect("sum");
+        let loss = (f(x.as_tensor()).expect("f") * w)
+            .expect("mul")
+            .sum_all()
+            .expect("sum");
         let grads = loss.backward().expect("backward");
         let g = grads.get(x.as_tensor()).expect("x received no gradient");
         let g: Vec<f64> = g.flatten_all().unwrap().to_vec1().unwrap();
@@ -514,11 +530,20 @@ mod tests {
             m[i] -= h;
             let eval = |v: Vec<f64>| -> f64 {
                 let t = Tensor::from_vec(v, x0.shape(), &Device::Cpu).unwrap();
-                (f(&t).unwrap() * w).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()
+                (f(&t).unwrap() * w)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f64>()
+                    .unwrap()
             };
             let fd = (eval(p) - eval(m)) / (2.0 * h);
             let err = (fd - g[i]).abs() / (fd.abs().max(g[i].abs()).max(1e-3));
-            assert!(err < 1e-6, "element {i}: finite difference {fd} vs autograd {}", g[i]);
+            assert!(
+                err < 1e-6,
+                "element {i}: finite difference {fd} vs autograd {}",
+                g[i]
+            );
         }
     }
 
@@ -549,7 +574,14 @@ mod tests {
         let g = det(&[40], 10).to_dtype(DType::F32).unwrap();
         let b = det(&[40], 11).to_dtype(DType::F32).unwrap();
         let close = |a: &Tensor, b: &Tensor| {
-            let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let d = (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert!(d < 1e-5, "max difference {d}");
         };
         close(&gelu(&x).unwrap(), &x.gelu_erf().unwrap());

@@ -29,7 +29,12 @@ impl InputBuilder {
     }
 
     /// Logits for every example, in input order, computed in length-sorted batches of `batch_size`.
-    pub fn logits(&self, clf: &Classifier, examples: &[Example], batch_size: usize) -> Result<Vec<Vec<f32>>> {
+    pub fn logits(
+        &self,
+        clf: &Classifier,
+        examples: &[Example],
+        batch_size: usize,
+    ) -> Result<Vec<Vec<f32>>> {
         let texts = self.texts(examples)?;
         self.logits_for_texts(clf, &texts, batch_size)
     }

@@ -73,7 +73,12 @@ impl EncodedBatch {
     }
 
     /// Moves the batch to `device` as an [`EncoderInput`] in the compute `dtype`.
-    pub fn to_input(&self, cfg: &ModelConfig, device: &Device, dtype: DType) -> Result<EncoderInput> {
+    pub fn to_input(
+        &self,
+        cfg: &ModelConfig,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<EncoderInput> {
         let arch = cfg.architecture()?;
         let shape = (self.batch, self.seq);
         let input_ids = Tensor::from_vec(self.ids.clone(), shape, device)?;
@@ -90,8 +95,8 @@ impl EncodedBatch {
             .iter()
             .map(|&m| if m > 0.0 { 0.0 } else { f32::MIN / 2.0 })
             .collect();
-        let attention_bias = Tensor::from_vec(bias, (self.batch, 1, 1, self.seq), device)?
-            .to_dtype(dtype)?;
+        let attention_bias =
+            Tensor::from_vec(bias, (self.batch, 1, 1, self.seq), device)?.to_dtype(dtype)?;
         let mask_positions = match &self.mask_positions {
             Some(p) => {
                 let flat: Vec<u32> = p

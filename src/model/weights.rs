@@ -76,7 +76,10 @@ impl ModelFiles {
             let mut paths = Vec::new();
             for f in files {
                 if f.contains('/') || f.contains("..") {
-                    bail!("{}: shard name `{f}` is not a plain file name", index.display());
+                    bail!(
+                        "{}: shard name `{f}` is not a plain file name",
+                        index.display()
+                    );
                 }
                 paths.push(dir.join(f));
             }
@@ -88,7 +91,10 @@ impl ModelFiles {
                 dir.display()
             );
         } else {
-            bail!("{} has no model.safetensors (or sharded index)", dir.display());
+            bail!(
+                "{} has no model.safetensors (or sharded index)",
+                dir.display()
+            );
         };
         let tok = dir.join("tokenizer.json");
         Ok(Self {
@@ -118,7 +124,10 @@ fn canonical_name(name: &str) -> (String, Option<&'static str>) {
     (rest, prefix)
 }
 
-fn to_tensor(view: &safetensors::tensor::TensorView<'_>, device: &Device) -> Result<Option<Tensor>> {
+fn to_tensor(
+    view: &safetensors::tensor::TensorView<'_>,
+    device: &Device,
+) -> Result<Option<Tensor>> {
     use safetensors::Dtype as S;
     let shape = view.shape().to_vec();
     let data = view.data();
@@ -157,7 +166,8 @@ impl WeightMap {
         let mut prefix: Option<String> = None;
         let mut hasher = Sha256::new();
         for path in &files.weights {
-            let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+            let file =
+                File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
             // SAFETY: the map is read-only and dropped before this function returns; a file truncated
             // concurrently by another process is outside what any loader can guard against.
             let mmap = unsafe { Mmap::map(&file) }
@@ -200,7 +210,11 @@ impl WeightMap {
 
     /// Names of the body tensors (embeddings, encoder, pooler), sorted.
     pub fn body_names(&self) -> Vec<String> {
-        self.tensors.keys().filter(|n| is_body_name(n)).cloned().collect()
+        self.tensors
+            .keys()
+            .filter(|n| is_body_name(n))
+            .cloned()
+            .collect()
     }
 
     /// Checks that `self` (a fine-tuned checkpoint) has every encoder/embedding tensor of `base` with the
@@ -297,7 +311,10 @@ impl LoadedModel {
         if config.architecture()? == super::config::Architecture::Roberta
             && weights.prefix.as_deref() == Some("bert")
         {
-            bail!("{}: config says RoBERTa but the weights are BERT's", dir.display());
+            bail!(
+                "{}: config says RoBERTa but the weights are BERT's",
+                dir.display()
+            );
         }
         Ok(Self {
             files,
@@ -320,9 +337,15 @@ mod tests {
     fn canonical_names() {
         assert_eq!(
             canonical_name("bert.encoder.layer.0.output.LayerNorm.gamma"),
-            ("encoder.layer.0.output.LayerNorm.weight".to_string(), Some("bert"))
+            (
+                "encoder.layer.0.output.LayerNorm.weight".to_string(),
+                Some("bert")
+            )
         );
-        assert_eq!(canonical_name("classifier.weight"), ("classifier.weight".to_string(), None));
+        assert_eq!(
+            canonical_name("classifier.weight"),
+            ("classifier.weight".to_string(), None)
+        );
         assert_eq!(
             canonical_name("roberta.embeddings.word_embeddings.weight").1,
             Some("roberta")

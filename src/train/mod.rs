@@ -65,7 +65,10 @@ impl TaskInstance {
 
     /// Mean cross-entropy of one batch, as a differentiable scalar.
     pub fn batch_loss(&self, texts: &[TextInput], labels: &[usize]) -> Result<Tensor> {
-        let enc = self.inputs.tokenizer.encode(texts, self.inputs.head.uses_prompt())?;
+        let enc = self
+            .inputs
+            .tokenizer
+            .encode(texts, self.inputs.head.uses_prompt())?;
         let input = enc.to_input(&self.inputs.config, &self.inputs.device, self.inputs.dtype)?;
         let logits = self.classifier.logits(&input)?;
         let y: Vec<u32> = labels.iter().map(|&l| l as u32).collect();
@@ -75,7 +78,12 @@ impl TaskInstance {
 
     /// Current values of the trainable tensors.
     pub fn snapshot(&self) -> Result<Vec<Vec<f32>>> {
-        Ok(self.params.vars.iter().map(|v| to_f32_vec(v.as_tensor())).collect::<candle_core::Result<_>>()?)
+        Ok(self
+            .params
+            .vars
+            .iter()
+            .map(|v| to_f32_vec(v.as_tensor()))
+            .collect::<candle_core::Result<_>>()?)
     }
 
     /// Writes values back into the trainable tensors in place.
@@ -89,17 +97,30 @@ impl TaskInstance {
 
 /// Prototype tensor (classes × hidden) for a prototype head: the base model's unit-norm mean-pooled
 /// embeddings of one description per class.
-pub fn prototype_tensor(base: &LoadedModel, inputs: &InputBuilder, descriptions: &[String]) -> Result<Tensor> {
+pub fn prototype_tensor(
+    base: &LoadedModel,
+    inputs: &InputBuilder,
+    descriptions: &[String],
+) -> Result<Tensor> {
     if descriptions.len() < 2 {
         bail!("a prototype head needs one description per class (at least two)");
     }
-    let vb = candle_nn::VarBuilder::from_tensors(to_hash_map(&base.weights.tensors), inputs.dtype, &inputs.device);
+    let vb = candle_nn::VarBuilder::from_tensors(
+        to_hash_map(&base.weights.tensors),
+        inputs.dtype,
+        &inputs.device,
+    );
     let encoder = Encoder::load(vb, &base.config)?;
-    let texts: Vec<TextInput> = descriptions.iter().map(|d| TextInput::single(d.clone())).collect();
+    let texts: Vec<TextInput> = descriptions
+        .iter()
+        .map(|d| TextInput::single(d.clone()))
+        .collect();
     let enc = inputs.tokenizer.encode(&texts, false)?;
     let input = enc.to_input(&base.config, &inputs.device, inputs.dtype)?;
     let hidden = encoder.forward(&input)?;
-    Ok(sentence_embeddings(&hidden, &input)?.to_dtype(DType::F32)?.contiguous()?)
+    Ok(sentence_embeddings(&hidden, &input)?
+        .to_dtype(DType::F32)?
+        .contiguous()?)
 }
 
 /// Which tensors fine-tuning updates.
@@ -216,7 +237,8 @@ pub fn scope_selector(
     train_embeddings: bool,
 ) -> impl Fn(&str) -> bool {
     move |name: &str| {
-        let body = name.starts_with("encoder.") || (train_embeddings && name.starts_with("embeddings."));
+        let body =
+            name.starts_with("encoder.") || (train_embeddings && name.starts_with("embeddings."));
         let head = head_names.iter().any(|h| h == name) && name != "prototype.weight";
         match scope {
             TrainScope::Head => head,
@@ -262,7 +284,10 @@ pub fn finetune(
         let select = scope_selector(scope, head_names.clone(), opts.train_embeddings);
         let inst = TaskInstance::new(tensors, inputs.clone(), select)?;
         if inst.params.vars.is_empty() {
-            bail!("nothing to train in stage `{stage}` (scope {scope:?} with head `{}`)", inputs.head.kind());
+            bail!(
+                "nothing to train in stage `{stage}` (scope {scope:?} with head `{}`)",
+                inputs.head.kind()
+            );
         }
         let anchors = match opts.l1 {
             Some(l) if l > 0.0 => Some((l, inst.snapshot()?)),

@@ -102,7 +102,8 @@ impl Update<'_> {
                 weight_decay,
                 ..
             } => {
-                let (b1, b2, eps, wd) = (beta1 as f32, beta2 as f32, eps as f32, weight_decay as f32);
+                let (b1, b2, eps, wd) =
+                    (beta1 as f32, beta2 as f32, eps as f32, weight_decay as f32);
                 let c1 = 1.0 - b1.powi(self.step as i32);
                 let c2 = 1.0 - b2.powi(self.step as i32);
                 for i in 0..w.len() {
@@ -136,7 +137,9 @@ impl Optimizer {
     ) -> Result<Self> {
         let sizes: Vec<usize> = params.vars.iter().map(|v| v.elem_count()).collect();
         if let Some((_, anchors)) = &l1 {
-            if anchors.len() != sizes.len() || anchors.iter().zip(&sizes).any(|(a, &n)| a.len() != n) {
+            if anchors.len() != sizes.len()
+                || anchors.iter().zip(&sizes).any(|(a, &n)| a.len() != n)
+            {
                 bail!("L1 anchors do not match the trainable parameters");
             }
         }
@@ -158,7 +161,9 @@ impl Optimizer {
     pub fn grad_norm(grads: &[Tensor]) -> Result<f64> {
         let mut total = 0f64;
         for g in grads {
-            total += with_cpu_slice::<f32, _>(g, |s| s.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())?;
+            total += with_cpu_slice::<f32, _>(g, |s| {
+                s.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()
+            })?;
         }
         Ok(total.sqrt())
     }
@@ -167,7 +172,11 @@ impl Optimizer {
     /// Returns the gradient norm before clipping.
     pub fn step(&mut self, params: &ParamSet, grads: &[Tensor]) -> Result<f64> {
         if grads.len() != params.vars.len() {
-            bail!("optimizer: {} gradients for {} parameters", grads.len(), params.vars.len());
+            bail!(
+                "optimizer: {} gradients for {} parameters",
+                grads.len(),
+                params.vars.len()
+            );
         }
         self.step += 1;
         let norm = Self::grad_norm(grads)?;
@@ -221,43 +230,74 @@ mod tests {
     #[test]
     fn sgd_momentum_matches_reference_recursion() {
         let p = one_param(vec![1.0, -2.0]);
-        let cfg = OptimizerConfig::Sgd { lr: 0.1, momentum: 0.9, weight_decay: 0.0 };
+        let cfg = OptimizerConfig::Sgd {
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 0.0,
+        };
         let mut opt = Optimizer::new(cfg, &p, None, None).unwrap();
         let g = Tensor::new(&[0.5f32, 1.0], &Device::Cpu).unwrap();
-        opt.step(&p, &[g.clone()]).unwrap();
+        opt.step(&p, std::slice::from_ref(&g)).unwrap();
         opt.step(&p, &[g]).unwrap();
         // v1 = g, v2 = 0.9 g + g = 1.9 g; θ = θ0 - 0.1 (g + 1.9 g) = θ0 - 0.29 g.
         let w = values(&p);
-        assert!((w[0] - (1.0 - 0.29 * 0.5)).abs() < 1e-6 && (w[1] - (-2.0 - 0.29)).abs() < 1e-6, "{w:?}");
+        assert!(
+            (w[0] - (1.0 - 0.29 * 0.5)).abs() < 1e-6 && (w[1] - (-2.0 - 0.29)).abs() < 1e-6,
+            "{w:?}"
+        );
     }
 
     #[test]
     fn adamw_first_step_is_lr_times_sign() {
         let p = one_param(vec![1.0, 1.0]);
-        let cfg = OptimizerConfig::AdamW { lr: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+        let cfg = OptimizerConfig::AdamW {
+            lr: 0.01,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        };
         let mut opt = Optimizer::new(cfg, &p, None, None).unwrap();
-        opt.step(&p, &[Tensor::new(&[3.0f32, -0.2], &Device::Cpu).unwrap()]).unwrap();
+        opt.step(&p, &[Tensor::new(&[3.0f32, -0.2], &Device::Cpu).unwrap()])
+            .unwrap();
         let w = values(&p);
-        assert!((w[0] - 0.99).abs() < 1e-5 && (w[1] - 1.01).abs() < 1e-5, "{w:?}");
+        assert!(
+            (w[0] - 0.99).abs() < 1e-5 && (w[1] - 1.01).abs() < 1e-5,
+            "{w:?}"
+        );
     }
 
     #[test]
     fn clipping_scales_to_the_norm() {
         let p = one_param(vec![0.0, 0.0]);
-        let cfg = OptimizerConfig::Sgd { lr: 1.0, momentum: 0.0, weight_decay: 0.0 };
+        let cfg = OptimizerConfig::Sgd {
+            lr: 1.0,
+            momentum: 0.0,
+            weight_decay: 0.0,
+        };
         let mut opt = Optimizer::new(cfg, &p, Some(1.0), None).unwrap();
-        let norm = opt.step(&p, &[Tensor::new(&[3.0f32, 4.0], &Device::Cpu).unwrap()]).unwrap();
+        let norm = opt
+            .step(&p, &[Tensor::new(&[3.0f32, 4.0], &Device::Cpu).unwrap()])
+            .unwrap();
         assert!((norm - 5.0).abs() < 1e-9);
         let w = values(&p);
-        assert!((w[0] + 0.6).abs() < 1e-6 && (w[1] + 0.8).abs() < 1e-6, "{w:?}");
+        assert!(
+            (w[0] + 0.6).abs() < 1e-6 && (w[1] + 0.8).abs() < 1e-6,
+            "{w:?}"
+        );
     }
 
     #[test]
     fn l1_proximal_step_zeroes_small_moves() {
         let p = one_param(vec![0.0, 0.0]);
-        let cfg = OptimizerConfig::Sgd { lr: 1.0, momentum: 0.0, weight_decay: 0.0 };
+        let cfg = OptimizerConfig::Sgd {
+            lr: 1.0,
+            momentum: 0.0,
+            weight_decay: 0.0,
+        };
         let mut opt = Optimizer::new(cfg, &p, None, Some((0.1, vec![vec![0.0, 0.0]]))).unwrap();
-        opt.step(&p, &[Tensor::new(&[0.05f32, -1.0], &Device::Cpu).unwrap()]).unwrap();
+        opt.step(&p, &[Tensor::new(&[0.05f32, -1.0], &Device::Cpu).unwrap()])
+            .unwrap();
         let w = values(&p);
         assert_eq!(w[0], 0.0, "a move smaller than lr·λ is cancelled");
         assert!((w[1] - 0.9).abs() < 1e-6, "{w:?}");

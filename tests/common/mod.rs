@@ -30,7 +30,10 @@ pub fn minilm_dir() -> Option<PathBuf> {
         return Some(dir);
     }
     if std::env::var("SKILLGRAFT_REQUIRE_MODEL").as_deref() == Ok("1") {
-        panic!("the default model is missing at {} (run scripts/fetch-model.sh)", dir.display());
+        panic!(
+            "the default model is missing at {} (run scripts/fetch-model.sh)",
+            dir.display()
+        );
     }
     eprintln!(
         "\n*** SKIPPED: default model not found at {} — run scripts/fetch-model.sh to run this test ***\n",

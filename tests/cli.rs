@@ -1,0 +1,270 @@
+//! End to end through the binary on the real default model and data: short fine-tunes of two tasks →
+//! localize → evaluate (with out-of-distribution) → overlap → compose → export, plus CLI error messages.
+
+mod common;
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_skillgraft"));
+    c.env("SKILLGRAFT_DATA_DIR", common::data_dir());
+    c
+}
+
+fn run_json(args: &[&str], model: &Path) -> Value {
+    let out = bin()
+        .args(args)
+        .args(["--json", "--model"])
+        .arg(model)
+        .output()
+        .expect("run skillgraft");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "skillgraft {args:?} failed:\n{stderr}"
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{args:?}: stdout is not JSON ({e}); stderr:\n{stderr}"))
+}
+
+fn tmp() -> PathBuf {
+    let d = std::env::temp_dir().join(format!("sg-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn acc(v: &Value, name: &str) -> f64 {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == name)
+        .unwrap_or_else(|| panic!("no row {name}"))["test"]["accuracy"]
+        .as_f64()
+        .unwrap()
+}
+
+#[test]
+fn finetune_localize_evaluate_overlap_compose_export() {
+    let Some(model) = common::minilm_dir() else {
+        return;
+    };
+    let dir = tmp();
+    let p = |n: &str| dir.join(n).to_string_lossy().to_string();
+    let common_ft = [
+        "--steps",
+        "40",
+        "--eval-every",
+        "20",
+        "--max-test",
+        "100",
+        "--k",
+        "16",
+        "--seed",
+        "13",
+    ];
+
+    let mut args = vec!["finetune", "--task", "sst2", "--out"];
+    let ft1 = p("ft-sst2");
+    args.push(&ft1);
+    args.extend(common_ft);
+    let r = run_json(&args, &model);
+    assert!(
+        r["report"]["best_dev_accuracy"].as_f64().unwrap() > 0.5,
+        "{r}"
+    );
+    assert!(Path::new(&ft1).join("model.safetensors").is_file());
+
+    let g1 = p("sst2.graft");
+    let r = run_json(
+        &[
+            "localize",
+            "--task",
+            "sst2",
+            "--finetuned",
+            &ft1,
+            "--out",
+            &g1,
+            "--epochs",
+            "3",
+            "--max-test",
+            "100",
+            "--k",
+            "16",
+            "--seed",
+            "13",
+        ],
+        &model,
+    );
+    let size = r["size"].as_u64().unwrap();
+    let region = r["region_size"].as_u64().unwrap();
+    assert!(
+        (size as f64 - 1e-4 * region as f64).abs() < 50.0,
+        "graft size {size} for region {region}"
+    );
+    assert_eq!(r["history"].as_array().unwrap().len(), 4);
+    let v = &r["variants"];
+    for name in ["base+head", "base patch", "graft", "fine-tuned"] {
+        let a = acc(v, name);
+        assert!((0.0..=1.0).contains(&a), "{name}: {a}");
+    }
+    assert!(
+        acc(v, "fine-tuned") > 0.6,
+        "fine-tuning should learn SST-2: {v}"
+    );
+
+    let r = run_json(
+        &[
+            "evaluate",
+            "--graft",
+            &g1,
+            "--finetuned",
+            &ft1,
+            "--eval-task",
+            "mr",
+            "--max-test",
+            "100",
+            "--k",
+            "16",
+            "--seed",
+            "13",
+            "--bins",
+            "15",
+        ],
+        &model,
+    );
+    assert_eq!(r["bins"], 15);
+    assert_eq!(r["results"]["sst2"].as_array().unwrap().len(), 4);
+    assert_eq!(r["results"]["mr"].as_array().unwrap().len(), 4);
+    assert_eq!(r["results"]["sst2"][0]["test"]["ece_bins"], 15);
+
+    // A second task for overlap and composition.
+    let ft2 = p("ft-subj");
+    let mut args = vec!["finetune", "--task", "subj", "--out", &ft2];
+    args.extend(common_ft);
+    run_json(&args, &model);
+    let g2 = p("subj.graft");
+    run_json(
+        &[
+            "localize",
+            "--task",
+            "subj",
+            "--finetuned",
+            &ft2,
+            "--out",
+            &g2,
+            "--method",
+            "magnitude",
+            "--max-test",
+            "100",
+            "--k",
+            "16",
+            "--seed",
+            "13",
+        ],
+        &model,
+    );
+    let r = run_json(&["overlap", &g1, &g2], &model);
+    let inter = &r["intersection"];
+    assert_eq!(inter[0][0].as_u64().unwrap(), size);
+    assert!(inter[0][1].as_u64().unwrap() <= size);
+    assert!(r["jaccard"][0][1].as_f64().unwrap() < 1.0);
+    let layers: u64 = r["breakdown"][0]["by_layer"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(layers, size);
+
+    let comp = p("both.graft");
+    let r = run_json(
+        &[
+            "compose",
+            &g1,
+            &g2,
+            "--out",
+            &comp,
+            "--max-test",
+            "100",
+            "--seed",
+            "13",
+        ],
+        &model,
+    );
+    assert_eq!(r["tasks"].as_array().unwrap().len(), 2);
+    assert!(r["size"].as_u64().unwrap() >= size);
+    assert!(Path::new(&comp).is_file());
+
+    let exported = p("exported");
+    run_json(&["export", "--graft", &g1, "--out", &exported], &model);
+    assert!(Path::new(&exported).join("config.json").is_file());
+    // The exported model is a full checkpoint of the base's shape: it localizes against the base again.
+    let info = run_json(&["info", "--graft", &g1], &model);
+    assert_eq!(info["size"].as_u64().unwrap(), size);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn cli_errors_are_clear() {
+    let out = bin()
+        .args([
+            "localize",
+            "--model",
+            "/nonexistent/model",
+            "--task",
+            "sst2",
+            "--finetuned",
+            "/x",
+            "--out",
+            "/tmp/x",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("does not exist") && e.contains("fetch-model"),
+        "{e}"
+    );
+    let Some(model) = common::minilm_dir() else {
+        return;
+    };
+    let out = bin()
+        .args(["finetune", "--task", "nope", "--out", "/tmp/x", "--model"])
+        .arg(&model)
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && e.contains("unknown task `nope`") && e.contains("sst2"),
+        "{e}"
+    );
+    let out = bin()
+        .args([
+            "finetune",
+            "--task",
+            "sst2",
+            "--out",
+            "/tmp/x",
+            "--data-dir",
+            "/nonexistent",
+            "--model",
+        ])
+        .arg(&model)
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && e.contains("--data-dir"), "{e}");
+    let bad = std::env::temp_dir().join(format!("sg-bad-{}.graft", std::process::id()));
+    std::fs::write(&bad, b"garbage").unwrap();
+    let out = bin().args(["info", "--graft"]).arg(&bad).output().unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && e.contains("not a valid graft file"),
+        "{e}"
+    );
+    let _ = std::fs::remove_file(bad);
+}
