@@ -197,7 +197,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 max_test: Some(64),
             },
         )?;
-        let spec = base.head_spec(crate::model::HeadKind::Prototype, &task, 0.05)?;
+        let spec = base.head_spec(
+            crate::model::HeadKind::Prototype,
+            &task,
+            0.05,
+            Pooling::Mean,
+        )?;
         let head_t = base.init_head(&spec, 0)?;
         let mut ft = base.model.weights.deep_clone()?.tensors;
         for (n, t) in ft.iter_mut() {

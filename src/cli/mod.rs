@@ -112,6 +112,9 @@ struct FinetuneArgs {
     /// Prototype-head temperature τ.
     #[arg(long, default_value_t = 0.05)]
     temperature: f64,
+    /// Pooling of the linear head: cls or mean.
+    #[arg(long, value_enum, default_value = "cls")]
+    pooling: crate::model::Pooling,
     /// Optimizer.
     #[arg(long, value_parser = ["sgd", "adamw"], default_value = "sgd")]
     optimizer: String,
@@ -478,7 +481,7 @@ fn cmd_finetune(a: FinetuneArgs) -> Result<()> {
     let base = a.model.load()?;
     let task = a.data.task()?;
     let split = a.data.split(&task)?;
-    let head = base.head_spec(a.head, &task, a.temperature)?;
+    let head = base.head_spec(a.head, &task, a.temperature, a.pooling)?;
     let head_tensors = base.init_head(&head, a.data.seed)?;
     let mut tensors = base.model.weights.deep_clone()?.tensors;
     tensors.extend(head_tensors);
@@ -615,6 +618,17 @@ fn cmd_localize(a: LocalizeArgs) -> Result<()> {
     Ok(())
 }
 
+/// Reads a graft file and checks that it belongs to `base`.
+fn load_checked_graft(path: &std::path::Path, base: &BaseModel) -> Result<Graft> {
+    let g = Graft::load(path)?;
+    g.check_base(
+        &base.model.weights.tensors,
+        &base.model.weights.content_hash,
+    )
+    .with_context(|| format!("{}", path.display()))?;
+    Ok(g)
+}
+
 /// Base weights with a graft applied (a detached copy), for use as a "fine-tuned" body.
 fn grafted_body(base: &BaseModel, graft: &Graft) -> Result<BTreeMap<String, candle_core::Tensor>> {
     let copy = base.model.weights.deep_clone()?.tensors;
@@ -625,11 +639,7 @@ fn grafted_body(base: &BaseModel, graft: &Graft) -> Result<BTreeMap<String, cand
 
 fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
     let base = a.model.load()?;
-    let graft = Graft::load(&a.graft)?;
-    graft.check_base(
-        &base.model.weights.tensors,
-        &base.model.weights.content_hash,
-    )?;
+    let graft = load_checked_graft(&a.graft, &base)?;
     let task = match (&a.data.task, &a.data.task_spec, &graft.manifest.task) {
         (None, None, Some(t)) => t.clone(),
         _ => a.data.task()?,
@@ -715,11 +725,7 @@ fn load_grafts(paths: &[PathBuf], base: &BaseModel) -> Result<(Vec<String>, Vec<
     let mut names = Vec::new();
     let mut grafts = Vec::new();
     for p in paths {
-        let g = Graft::load(p)?;
-        g.check_base(
-            &base.model.weights.tensors,
-            &base.model.weights.content_hash,
-        )?;
+        let g = load_checked_graft(p, base)?;
         let stem = p
             .file_stem()
             .map(|s| s.to_string_lossy().to_string())
@@ -905,11 +911,7 @@ fn cmd_compose(a: ComposeArgs) -> Result<()> {
 
 fn cmd_export(a: ExportArgs) -> Result<()> {
     let base = a.model.load()?;
-    let graft = Graft::load(&a.graft)?;
-    graft.check_base(
-        &base.model.weights.tensors,
-        &base.model.weights.content_hash,
-    )?;
+    let graft = load_checked_graft(&a.graft, &base)?;
     let mut tensors = grafted_body(&base, &graft)?;
     tensors.extend(graft.head_tensors(&base.device)?);
     write_hf_dir(

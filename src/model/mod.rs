@@ -127,12 +127,14 @@ impl BaseModel {
         }
     }
 
-    /// Builds a head spec of `kind` for a task on this base (label-word ids from this tokenizer).
+    /// Builds a head spec of `kind` for a task on this base (label-word ids from this tokenizer; `pooling`
+    /// applies to linear heads).
     pub fn head_spec(
         &self,
         kind: HeadKind,
         task: &crate::data::TaskSpec,
         temperature: f64,
+        pooling: Pooling,
     ) -> Result<HeadSpec> {
         let n = task.labels.len();
         Ok(match kind {
@@ -152,7 +154,7 @@ impl BaseModel {
             HeadKind::RobertaClassifier => HeadSpec::RobertaClassifier { num_labels: n },
             HeadKind::Linear => HeadSpec::Linear {
                 num_labels: n,
-                pooling: Pooling::Cls,
+                pooling,
             },
             HeadKind::Prompt => {
                 if task.label_words.len() != n {
