@@ -2,7 +2,7 @@
 //! localization job, as one table (optionally beside PyTorch's times measured in the same sitting).
 
 use super::table::Table;
-use super::{print_json, set_threads, ModelArgs};
+use super::{print_json, ModelArgs};
 use crate::data::{self, FewShotOptions};
 use crate::graft::localize::{localize, GraftableModel, LocalizeOptions, Method};
 use crate::graft::{entries_from_mask, Graft};
@@ -21,7 +21,7 @@ use std::time::Instant;
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     #[command(flatten)]
-    model: ModelArgs,
+    pub(super) model: ModelArgs,
     /// Minimum seconds spent timing each row.
     #[arg(long, default_value_t = 2.0)]
     min_seconds: f64,
@@ -72,7 +72,7 @@ fn random_batch(batch: usize, seq: usize, seed: u64) -> EncodedBatch {
 
 /// Runs the benchmark.
 pub fn run(a: BenchArgs) -> Result<()> {
-    let threads = set_threads(a.model.threads);
+    let threads = rayon::current_num_threads();
     let base = a.model.load()?;
     let cfg = &base.model.config;
     let dev = &base.device;

@@ -292,21 +292,6 @@ struct InfoArgs {
     graft: Option<PathBuf>,
 }
 
-/// Sets the compute thread counts: `n` rayon threads for candle's matmuls and our fused ops, and (unless
-/// `CANDLE_NUM_THREADS` is set) one thread for candle's elementwise ops, whose spinning worker pool otherwise
-/// competes with rayon for the same cores (measured: forward+backward 2.7× slower on 2 cores).
-pub fn set_threads(threads: Option<usize>) -> usize {
-    let n = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        std::env::set_var("CANDLE_NUM_THREADS", "1");
-    }
-    let _ = rayon::ThreadPoolBuilder::new()
-        .num_threads(n)
-        .build_global();
-    n
-}
-
 impl ModelArgs {
     fn device(&self) -> Result<Device> {
         match self.device.as_str() {
@@ -317,7 +302,6 @@ impl ModelArgs {
     }
 
     fn load(&self) -> Result<BaseModel> {
-        set_threads(self.threads);
         let dir = self.model.clone().unwrap_or_else(crate::default_model_dir);
         if !dir.exists() {
             bail!(
@@ -463,9 +447,29 @@ fn variants_table(rows: &[crate::graft::evaluate::VariantReport], bins: usize) -
     t
 }
 
-/// Runs the CLI.
+impl Command {
+    fn model_args(&self) -> &ModelArgs {
+        match self {
+            Command::Finetune(a) => &a.model,
+            Command::Localize(a) => &a.model,
+            Command::Evaluate(a) => &a.model,
+            Command::Overlap(a) => &a.model,
+            Command::Compose(a) => &a.model,
+            Command::Export(a) => &a.model,
+            Command::Info(a) => &a.model,
+            Command::Bench(a) => &a.model,
+        }
+    }
+}
+
+/// Runs the CLI: the command runs inside the compute thread pool (see [`crate::compute_pool`]).
 pub fn run(cli: Cli) -> Result<()> {
-    match cli.command {
+    let pool = crate::compute_pool(cli.command.model_args().threads)?;
+    pool.install(|| dispatch(cli.command))
+}
+
+fn dispatch(command: Command) -> Result<()> {
+    match command {
         Command::Finetune(a) => cmd_finetune(a),
         Command::Localize(a) => cmd_localize(a),
         Command::Evaluate(a) => cmd_evaluate(a),

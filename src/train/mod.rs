@@ -313,6 +313,9 @@ pub fn finetune(
             let labels: Vec<usize> = idx.iter().map(|&i| split.train[i].label).collect();
             let loss = inst.batch_loss(&texts, &labels)?;
             let loss_v = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            if !loss_v.is_finite() {
+                bail!("training diverged at step {step} (loss {loss_v}); lower the learning rate");
+            }
             let grads = loss.backward()?;
             let g = inst.params.gradients(&grads)?;
             opt.step(&inst.params, &g)?;

@@ -88,11 +88,16 @@ impl Update<'_> {
                 ..
             } => {
                 let (mu, wd) = (momentum as f32, weight_decay as f32);
-                for i in 0..w.len() {
-                    let gi = g[i] * s + wd * w[i];
-                    let mi = mu * m[i] + gi;
-                    m[i] = mi;
-                    w[i] -= lr * if mu > 0.0 { mi } else { gi };
+                if mu > 0.0 {
+                    for ((wi, &gi), mi) in w.iter_mut().zip(g).zip(m.iter_mut()) {
+                        let d = gi * s + wd * *wi;
+                        *mi = mu * *mi + d;
+                        *wi -= lr * *mi;
+                    }
+                } else {
+                    for (wi, &gi) in w.iter_mut().zip(g) {
+                        *wi -= lr * (gi * s + wd * *wi);
+                    }
                 }
             }
             OptimizerConfig::AdamW {
@@ -104,24 +109,24 @@ impl Update<'_> {
             } => {
                 let (b1, b2, eps, wd) =
                     (beta1 as f32, beta2 as f32, eps as f32, weight_decay as f32);
-                let c1 = 1.0 - b1.powi(self.step as i32);
-                let c2 = 1.0 - b2.powi(self.step as i32);
-                for i in 0..w.len() {
-                    let gi = g[i] * s;
-                    let mi = b1 * m[i] + (1.0 - b1) * gi;
-                    let vi = b2 * v[i] + (1.0 - b2) * gi * gi;
-                    m[i] = mi;
-                    v[i] = vi;
-                    w[i] -= lr * (wd * w[i] + (mi / c1) / ((vi / c2).sqrt() + eps));
+                let step_size = lr / (1.0 - b1.powi(self.step as i32));
+                let inv_sqrt_c2 = 1.0 / (1.0 - b2.powi(self.step as i32)).sqrt();
+                let decay = 1.0 - lr * wd;
+                for (((wi, &gi), mi), vi) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut())
+                {
+                    let gi = gi * s;
+                    *mi = b1 * *mi + (1.0 - b1) * gi;
+                    *vi = b2 * *vi + (1.0 - b2) * gi * gi;
+                    *wi = *wi * decay - step_size * *mi / (vi.sqrt() * inv_sqrt_c2 + eps);
                 }
             }
         }
         if let Some(anchor) = self.anchor {
             // Proximal step for λ‖θ − θ_pre‖₁: soft-threshold the displacement by lr·λ.
             let t = (self.config.lr() * self.l1) as f32;
-            for i in 0..w.len() {
-                let d = w[i] - anchor[i];
-                w[i] = anchor[i] + d.signum() * (d.abs() - t).max(0.0);
+            for (wi, &a) in w.iter_mut().zip(anchor) {
+                let d = *wi - a;
+                *wi = a + d.signum() * (d.abs() - t).max(0.0);
             }
         }
     }
@@ -144,8 +149,13 @@ impl Optimizer {
             }
         }
         let adam = matches!(config, OptimizerConfig::AdamW { .. });
+        let first_moment =
+            adam || matches!(config, OptimizerConfig::Sgd { momentum, .. } if momentum > 0.0);
         Ok(Self {
-            m: sizes.iter().map(|&n| vec![0.0; n]).collect(),
+            m: sizes
+                .iter()
+                .map(|&n| vec![0.0; if first_moment { n } else { 0 }])
+                .collect(),
             v: sizes
                 .iter()
                 .map(|&n| vec![0.0; if adam { n } else { 0 }])
@@ -168,9 +178,9 @@ impl Optimizer {
         Ok(total.sqrt())
     }
 
-    /// One step: clips the gradients' global norm, then updates every parameter in place.
-    /// Returns the gradient norm before clipping.
-    pub fn step(&mut self, params: &ParamSet, grads: &[Tensor]) -> Result<f64> {
+    /// One step: clips the gradients' global norm (when clipping is on), then updates every parameter in
+    /// place. Returns the gradient norm before clipping (computed only when clipping is on).
+    pub fn step(&mut self, params: &ParamSet, grads: &[Tensor]) -> Result<Option<f64>> {
         if grads.len() != params.vars.len() {
             bail!(
                 "optimizer: {} gradients for {} parameters",
@@ -179,12 +189,15 @@ impl Optimizer {
             );
         }
         self.step += 1;
-        let norm = Self::grad_norm(grads)?;
-        if !norm.is_finite() {
+        let norm = match self.clip {
+            Some(_) => Some(Self::grad_norm(grads)?),
+            None => None,
+        };
+        if norm.is_some_and(|n| !n.is_finite()) {
             bail!("optimizer: gradient norm is not finite (diverged); lower the learning rate");
         }
-        let scale = match self.clip {
-            Some(c) if norm > c => (c / norm) as f32,
+        let scale = match (self.clip, norm) {
+            (Some(c), Some(n)) if n > c => (c / n) as f32,
             _ => 1.0,
         };
         for (i, (var, grad)) in params.vars.iter().zip(grads).enumerate() {
@@ -279,7 +292,7 @@ mod tests {
         let norm = opt
             .step(&p, &[Tensor::new(&[3.0f32, 4.0], &Device::Cpu).unwrap()])
             .unwrap();
-        assert!((norm - 5.0).abs() < 1e-9);
+        assert!((norm.unwrap() - 5.0).abs() < 1e-9);
         let w = values(&p);
         assert!(
             (w[0] + 0.6).abs() < 1e-6 && (w[1] + 0.8).abs() < 1e-6,
