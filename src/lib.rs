@@ -3,9 +3,11 @@
 
 pub mod cli;
 pub mod data;
+pub mod engine;
 pub mod graft;
 pub mod metrics;
 pub mod model;
+pub mod server;
 pub mod store;
 pub mod train;
 

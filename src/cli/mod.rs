@@ -49,6 +49,57 @@ enum Command {
     Info(InfoArgs),
     /// Time forward, forward+backward, optimizer steps and a localization job.
     Bench(bench::BenchArgs),
+    /// Run the HTTP service on the base model.
+    Serve(ServeArgs),
+}
+
+/// Options of `skillgraft serve` (every flag also reads an environment variable).
+#[derive(Args, Debug)]
+struct ServeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Listen address.
+    #[arg(long, env = "SKILLGRAFT_ADDR", default_value = "127.0.0.1:8080")]
+    addr: std::net::SocketAddr,
+    /// Service state directory (tasks, checkpoints, jobs); default $SKILLGRAFT_HOME/data.
+    #[arg(long, env = "SKILLGRAFT_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Data sets for built-in tasks.
+    #[arg(long, env = "SKILLGRAFT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// API keys for read and predict routes (comma-separated); none = no authentication.
+    #[arg(long, env = "SKILLGRAFT_API_KEYS", value_delimiter = ',')]
+    api_key: Vec<String>,
+    /// Admin keys for routes that change state (comma-separated).
+    #[arg(long, env = "SKILLGRAFT_ADMIN_KEYS", value_delimiter = ',')]
+    admin_key: Vec<String>,
+    /// Largest JSON request body, bytes.
+    #[arg(long, env = "SKILLGRAFT_MAX_JSON_BYTES", default_value_t = 2 << 20)]
+    max_json_bytes: usize,
+    /// Largest upload (checkpoint tar, graft), bytes.
+    #[arg(long, env = "SKILLGRAFT_MAX_UPLOAD_BYTES", default_value_t = 1 << 30)]
+    max_upload_bytes: usize,
+    /// Texts per prediction request at most.
+    #[arg(long, env = "SKILLGRAFT_MAX_BATCH_INPUTS", default_value_t = 256)]
+    max_batch_inputs: usize,
+    /// Request timeout, seconds.
+    #[arg(long, env = "SKILLGRAFT_TIMEOUT_SECS", default_value_t = 120)]
+    timeout_secs: u64,
+    /// Concurrent localization jobs.
+    #[arg(long, env = "SKILLGRAFT_MAX_JOBS", default_value_t = 1)]
+    max_jobs: usize,
+    /// Compute threads of each localization job.
+    #[arg(long, env = "SKILLGRAFT_JOB_THREADS", default_value_t = 1)]
+    job_threads: usize,
+    /// Engine queue capacity (requests beyond it get 429).
+    #[arg(long, env = "SKILLGRAFT_QUEUE", default_value_t = 256)]
+    queue: usize,
+    /// Real tokens per engine batch at most.
+    #[arg(long, env = "SKILLGRAFT_MAX_BATCH_TOKENS", default_value_t = 4096)]
+    max_batch_tokens: usize,
+    /// How long the engine waits for a batch to fill, milliseconds.
+    #[arg(long, env = "SKILLGRAFT_BATCH_WAIT_MS", default_value_t = 2)]
+    batch_wait_ms: u64,
 }
 
 /// Where the base model is and how to run it.
@@ -458,12 +509,16 @@ impl Command {
             Command::Export(a) => &a.model,
             Command::Info(a) => &a.model,
             Command::Bench(a) => &a.model,
+            Command::Serve(a) => &a.model,
         }
     }
 }
 
 /// Runs the CLI: the command runs inside the compute thread pool (see [`crate::compute_pool`]).
 pub fn run(cli: Cli) -> Result<()> {
+    if let Command::Serve(a) = cli.command {
+        return cmd_serve(a);
+    }
     let pool = crate::compute_pool(cli.command.model_args().threads)?;
     pool.install(|| dispatch(cli.command))
 }
@@ -478,6 +533,7 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Export(a) => cmd_export(a),
         Command::Info(a) => cmd_info(a),
         Command::Bench(a) => bench::run(a),
+        Command::Serve(a) => cmd_serve(a),
     }
 }
 
@@ -588,6 +644,7 @@ fn cmd_localize(a: LocalizeArgs) -> Result<()> {
         split,
         options,
         bins: a.bins,
+        cancel: None,
     };
     let mut rep = Reporter::new();
     let out = job.run(&mut |p| rep.handle(p))?;
@@ -963,4 +1020,47 @@ fn cmd_info(a: InfoArgs) -> Result<()> {
         }
         Ok(())
     }
+}
+
+fn cmd_serve(a: ServeArgs) -> Result<()> {
+    let threads = a
+        .model
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let base = a.model.load()?;
+    let config = crate::server::ServerConfig {
+        addr: a.addr,
+        data_dir: a
+            .state_dir
+            .unwrap_or_else(|| crate::home_dir().join("data")),
+        datasets_dir: a.data_dir.unwrap_or_else(data::data_dir_default),
+        api_keys: a.api_key.into_iter().filter(|k| !k.is_empty()).collect(),
+        admin_keys: a.admin_key.into_iter().filter(|k| !k.is_empty()).collect(),
+        max_json_bytes: a.max_json_bytes,
+        max_upload_bytes: a.max_upload_bytes,
+        max_batch_inputs: a.max_batch_inputs,
+        request_timeout: std::time::Duration::from_secs(a.timeout_secs),
+        max_jobs: a.max_jobs,
+        job_threads: a.job_threads,
+        engine: crate::engine::EngineConfig {
+            queue_capacity: a.queue,
+            max_batch_tokens: a.max_batch_tokens,
+            max_wait: std::time::Duration::from_millis(a.batch_wait_ms),
+            threads,
+        },
+    };
+    eprintln!(
+        "base {} ({} parameters); state in {}; {} compute thread(s)",
+        base.name,
+        base.model.body_parameter_count(),
+        config.data_dir.display(),
+        threads
+    );
+    let state = crate::server::build_state(base, config)?;
+    eprintln!("{} task(s) loaded", state.tasks.len());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(crate::server::serve(state))
 }

@@ -26,6 +26,8 @@ pub struct LocalizationJob<'a> {
     pub options: LocalizeOptions,
     /// ECE bins of the evaluation.
     pub bins: usize,
+    /// Set to stop the job early (it then fails with "cancelled").
+    pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// Timings of a job.
@@ -57,13 +59,14 @@ impl LocalizationJob<'_> {
         let t0 = Instant::now();
         let head = self.finetuned.head.clone();
         let inputs = self.base.inputs(head.clone());
-        let model = GraftableModel::new(
+        let mut model = GraftableModel::new(
             &self.base.model,
             &self.finetuned.model.weights.tensors,
             self.finetuned.head_tensors.clone(),
             inputs,
             &self.options.region,
         )?;
+        model.cancel = self.cancel.clone();
         let setup_seconds = t0.elapsed().as_secs_f64();
         progress(Progress::Message {
             text: format!(
@@ -76,10 +79,15 @@ impl LocalizationJob<'_> {
         });
         let loc = localize(&model, &self.split, &self.options, progress)?;
         let t1 = Instant::now();
+        let eval_set = if self.split.test.is_empty() {
+            &self.split.dev
+        } else {
+            &self.split.test
+        };
         let variants = evaluate_variants(
             &model,
             &self.split,
-            &self.split.test,
+            eval_set,
             &[
                 ("base+head".to_string(), Variant::Mask(&[])),
                 ("base patch".to_string(), Variant::Mask(&loc.base_patch)),

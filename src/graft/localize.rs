@@ -113,6 +113,8 @@ pub struct GraftableModel {
     pub ft: Vec<f32>,
     /// Δ = θ_ft − θ_pre over the region.
     pub delta: Vec<f32>,
+    /// When set, long loops stop with an error (job cancellation).
+    pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl GraftableModel {
@@ -143,6 +145,7 @@ impl GraftableModel {
             pre,
             ft,
             delta,
+            cancel: None,
         })
     }
 
@@ -215,8 +218,21 @@ impl GraftableModel {
         Ok((acc, loss_sum / batches.len().max(1) as f64))
     }
 
+    /// An error when the job was cancelled.
+    pub fn check_cancelled(&self) -> Result<()> {
+        if self
+            .cancel
+            .as_ref()
+            .is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+        {
+            bail!("cancelled");
+        }
+        Ok(())
+    }
+
     /// Train and dev accuracy at the current point.
     pub fn accuracies(&self, split: &FewShotSplit) -> Result<(f64, f64)> {
+        self.check_cancelled()?;
         Ok((
             self.inst.accuracy(&split.train, 64)?,
             self.inst.accuracy(&split.dev, 64)?,

@@ -2,6 +2,8 @@
 //! directory, fsync, rename over the target, fsync of the directory — so a crash never leaves a half-written
 //! file under the final name.
 
+pub mod service;
+
 use anyhow::{Context, Result};
 use std::fs::{self, File};
 use std::io::Write;

@@ -1,0 +1,434 @@
+//! Localization jobs: a bounded pool of worker threads, each job with its own model copy (it modifies the
+//! weights for seconds at a time, so it never touches the engine's). State is persisted on every change; a
+//! restart reports jobs that were running as failed.
+
+use super::AppState;
+use crate::data::{Example, FewShotSplit, TaskSpec};
+use crate::graft::job::LocalizationJob;
+use crate::graft::localize::{LocalizeOptions, Method};
+use crate::graft::RegionSpec;
+use crate::model::export::load_finetuned;
+use crate::train::Progress;
+use anyhow::{bail, Context, Result};
+use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use tokio::sync::broadcast;
+use utoipa::ToSchema;
+
+/// Where a job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Waiting for a worker slot.
+    Queued,
+    /// Running.
+    Running,
+    /// Finished; the task is registered.
+    Succeeded,
+    /// Failed (see `error`).
+    Failed,
+    /// Cancelled by a user.
+    Cancelled,
+}
+
+/// A localization request.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LocalizationRequest {
+    /// Id of an uploaded checkpoint.
+    pub checkpoint: String,
+    /// Name to register the resulting task under.
+    pub task_name: String,
+    /// Built-in task (sst2, sst5, mr, cr, mpqa, subj) whose spec and data to use.
+    #[serde(default)]
+    pub task: Option<String>,
+    /// A task spec (labels, template, label words, descriptions) for inline data.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub task_spec: Option<TaskSpec>,
+    /// Inline training examples (`{"text": .., "label": ..}`); with `dev`, instead of a built-in task's data.
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub train: Option<Vec<Example>>,
+    /// Inline dev examples.
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub dev: Option<Vec<Example>>,
+    /// Inline test examples (optional; dev is used to report metrics when absent).
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub test: Option<Vec<Example>>,
+    /// Examples per class (built-in data).
+    #[serde(default = "default_k")]
+    pub k: usize,
+    /// Few-shot seed (built-in data).
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Cap on test examples (built-in data).
+    #[serde(default)]
+    pub max_test: Option<usize>,
+    /// Method: paper, magnitude, l1, saliency.
+    #[serde(default = "default_method")]
+    #[schema(value_type = String)]
+    pub method: Method,
+    /// Graft budget as a fraction of the region.
+    #[serde(default = "default_sparsity")]
+    pub sparsity: f64,
+    /// Mask-optimization epochs.
+    #[serde(default = "default_epochs")]
+    pub epochs: usize,
+    /// Mask learning rate.
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    /// Mask-initialisation seed.
+    #[serde(default)]
+    pub mask_seed: u64,
+}
+
+fn default_k() -> usize {
+    16
+}
+fn default_seed() -> u64 {
+    42
+}
+fn default_method() -> Method {
+    Method::Paper
+}
+fn default_sparsity() -> f64 {
+    1e-4
+}
+fn default_epochs() -> usize {
+    10
+}
+fn default_lr() -> f64 {
+    1e7
+}
+
+/// A job's public state.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobStatus {
+    /// Job id.
+    pub id: String,
+    /// State.
+    pub state: JobState,
+    /// The request.
+    pub request: LocalizationRequest,
+    /// Last finished epoch.
+    pub epoch: usize,
+    /// Size of the current mask.
+    pub mask_size: Option<usize>,
+    /// Train accuracy of the current mask.
+    pub train_accuracy: Option<f64>,
+    /// Dev accuracy of the current mask.
+    pub dev_accuracy: Option<f64>,
+    /// Latest status line.
+    pub message: String,
+    /// Error, when failed.
+    pub error: Option<String>,
+    /// Final graft size.
+    pub graft_size: Option<usize>,
+    /// Metrics of base+head / base patch / graft / fine-tuned, when finished.
+    #[schema(value_type = Option<Object>)]
+    pub variants: Option<serde_json::Value>,
+    /// Timings, when finished.
+    #[schema(value_type = Option<Object>)]
+    pub timings: Option<serde_json::Value>,
+    /// Times (seconds since the Unix epoch).
+    pub created_unix: u64,
+    /// Start time.
+    pub started_unix: Option<u64>,
+    /// End time.
+    pub finished_unix: Option<u64>,
+}
+
+/// One job in memory.
+pub struct JobEntry {
+    /// State.
+    pub status: Mutex<JobStatus>,
+    /// Cancellation flag.
+    pub cancel: Arc<AtomicBool>,
+    /// Progress events (JSON lines) for SSE subscribers.
+    pub events: broadcast::Sender<String>,
+}
+
+/// All jobs, and the worker slots.
+pub struct JobManager {
+    jobs: DashMap<String, Arc<JobEntry>>,
+    slots: Arc<(Mutex<usize>, Condvar)>,
+}
+
+impl JobManager {
+    /// A manager running at most `max` jobs at once.
+    pub fn new(max: usize) -> Self {
+        Self {
+            jobs: DashMap::new(),
+            slots: Arc::new((Mutex::new(max.max(1)), Condvar::new())),
+        }
+    }
+
+    /// Loads stored jobs; those that were queued or running are marked failed (interrupted).
+    pub fn load(&self, state: &AppState) -> Result<()> {
+        for bytes in state.store.list_jobs()? {
+            let Ok(mut st) = serde_json::from_slice::<JobStatus>(&bytes) else {
+                continue;
+            };
+            if matches!(st.state, JobState::Queued | JobState::Running) {
+                st.state = JobState::Failed;
+                st.error = Some("interrupted by a server restart".into());
+                st.finished_unix = Some(crate::graft::unix_now());
+                state.store.put_job(&st.id, &serde_json::to_vec(&st)?)?;
+            }
+            let (tx, _) = broadcast::channel(64);
+            self.jobs.insert(
+                st.id.clone(),
+                Arc::new(JobEntry {
+                    status: Mutex::new(st),
+                    cancel: Arc::new(AtomicBool::new(false)),
+                    events: tx,
+                }),
+            );
+        }
+        Ok(())
+    }
+
+    /// A job by id.
+    pub fn get(&self, id: &str) -> Option<Arc<JobEntry>> {
+        self.jobs.get(id).map(|e| e.clone())
+    }
+
+    /// All jobs' states, newest first.
+    pub fn list(&self) -> Vec<JobStatus> {
+        let mut v: Vec<JobStatus> = self
+            .jobs
+            .iter()
+            .filter_map(|e| e.status.lock().ok().map(|s| s.clone()))
+            .collect();
+        v.sort_by(|a, b| b.created_unix.cmp(&a.created_unix).then(b.id.cmp(&a.id)));
+        v
+    }
+
+    /// Number of jobs per state.
+    pub fn counts(&self) -> Vec<(&'static str, usize)> {
+        let mut c = [0usize; 5];
+        for e in self.jobs.iter() {
+            if let Ok(s) = e.status.lock() {
+                c[s.state as usize] += 1;
+            }
+        }
+        vec![
+            ("queued", c[0]),
+            ("running", c[1]),
+            ("succeeded", c[2]),
+            ("failed", c[3]),
+            ("cancelled", c[4]),
+        ]
+    }
+
+    /// Registers a job and starts its worker thread.
+    pub fn submit(&self, state: Arc<AppState>, request: LocalizationRequest) -> Result<JobStatus> {
+        let id = format!("job-{:016x}", rand::random::<u64>());
+        let status = JobStatus {
+            id: id.clone(),
+            state: JobState::Queued,
+            request,
+            epoch: 0,
+            mask_size: None,
+            train_accuracy: None,
+            dev_accuracy: None,
+            message: "queued".into(),
+            error: None,
+            graft_size: None,
+            variants: None,
+            timings: None,
+            created_unix: crate::graft::unix_now(),
+            started_unix: None,
+            finished_unix: None,
+        };
+        state.store.put_job(&id, &serde_json::to_vec(&status)?)?;
+        let (tx, _) = broadcast::channel(256);
+        let entry = Arc::new(JobEntry {
+            status: Mutex::new(status.clone()),
+            cancel: Arc::new(AtomicBool::new(false)),
+            events: tx,
+        });
+        self.jobs.insert(id.clone(), entry.clone());
+        let slots = self.slots.clone();
+        std::thread::Builder::new()
+            .name(format!("{id}"))
+            .spawn(move || {
+                {
+                    let (lock, cv) = &*slots;
+                    let mut free = lock.lock().unwrap_or_else(|p| p.into_inner());
+                    while *free == 0 {
+                        free = cv.wait(free).unwrap_or_else(|p| p.into_inner());
+                    }
+                    *free -= 1;
+                }
+                run_job(&state, &entry);
+                let (lock, cv) = &*slots;
+                let mut free = lock.lock().unwrap_or_else(|p| p.into_inner());
+                *free += 1;
+                cv.notify_one();
+            })?;
+        Ok(status)
+    }
+}
+
+fn update(state: &AppState, entry: &JobEntry, f: impl FnOnce(&mut JobStatus)) {
+    let snapshot = {
+        let mut s = entry.status.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut s);
+        s.clone()
+    };
+    if let Ok(bytes) = serde_json::to_vec(&snapshot) {
+        if let Err(e) = state.store.put_job(&snapshot.id, &bytes) {
+            tracing::warn!("cannot persist job {}: {e:#}", snapshot.id);
+        }
+        let _ = entry
+            .events
+            .send(String::from_utf8_lossy(&bytes).to_string());
+    }
+}
+
+fn split_for(state: &AppState, r: &LocalizationRequest) -> Result<(TaskSpec, FewShotSplit)> {
+    if let (Some(train), Some(dev)) = (&r.train, &r.dev) {
+        let spec = match (&r.task_spec, &r.task) {
+            (Some(s), _) => s.clone(),
+            (None, Some(name)) => {
+                crate::data::builtin_task(name).with_context(|| format!("unknown task `{name}`"))?
+            }
+            (None, None) => bail!("inline data needs `task_spec` (labels) or a built-in `task`"),
+        };
+        spec.validate()?;
+        for e in train.iter().chain(dev).chain(r.test.iter().flatten()) {
+            if e.label >= spec.labels.len() {
+                bail!(
+                    "example label {} is out of range for {} labels",
+                    e.label,
+                    spec.labels.len()
+                );
+            }
+        }
+        return Ok((
+            spec,
+            FewShotSplit {
+                train: train.clone(),
+                dev: dev.clone(),
+                test: r.test.clone().unwrap_or_default(),
+                k: 0,
+                seed: 0,
+            },
+        ));
+    }
+    let name = r
+        .task
+        .as_deref()
+        .context("give a built-in `task`, or inline `train` and `dev` examples")?;
+    let spec = crate::data::builtin_task(name).with_context(|| format!("unknown task `{name}`"))?;
+    let all = crate::data::load_examples(&spec, &state.config.datasets_dir)?;
+    let split = crate::data::few_shot(
+        &all,
+        spec.labels.len(),
+        &crate::data::FewShotOptions {
+            k: r.k,
+            seed: r.seed,
+            test_size: 2000,
+            max_test: r.max_test,
+        },
+    )?;
+    Ok((spec, split))
+}
+
+fn run_job(state: &Arc<AppState>, entry: &JobEntry) {
+    let request = match entry.status.lock() {
+        Ok(s) => s.request.clone(),
+        Err(_) => return,
+    };
+    if entry.cancel.load(Ordering::Relaxed) {
+        update(state, entry, |s| {
+            s.state = JobState::Cancelled;
+            s.finished_unix = Some(crate::graft::unix_now());
+        });
+        return;
+    }
+    update(state, entry, |s| {
+        s.state = JobState::Running;
+        s.started_unix = Some(crate::graft::unix_now());
+        s.message = "loading checkpoint".into();
+    });
+    let result = (|| -> Result<(usize, serde_json::Value, serde_json::Value)> {
+        let pool = crate::compute_pool(Some(state.config.job_threads))?;
+        pool.install(|| {
+            let (task, split) = split_for(state, &request)?;
+            let dir = state.store.checkpoint_dir(&request.checkpoint);
+            let base = &state.base;
+            let ft = load_finetuned(
+                &dir,
+                &base.model,
+                Some(&task),
+                &base.tokenizer,
+                &base.device,
+            )?;
+            let job = LocalizationJob {
+                base,
+                finetuned: &ft,
+                task,
+                split,
+                options: LocalizeOptions {
+                    method: request.method,
+                    sparsity: request.sparsity,
+                    epochs: request.epochs,
+                    lr: request.lr,
+                    seed: request.mask_seed,
+                    region: RegionSpec::default(),
+                    ..Default::default()
+                },
+                bins: 10,
+                cancel: Some(entry.cancel.clone()),
+            };
+            let out = job.run(&mut |p| match p {
+                Progress::Epoch(e) => update(state, entry, |s| {
+                    s.epoch = e.epoch;
+                    s.mask_size = Some(e.mask_size);
+                    s.train_accuracy = Some(e.train_accuracy);
+                    s.dev_accuracy = Some(e.dev_accuracy);
+                    s.message = format!("epoch {} of {}", e.epoch, request.epochs);
+                }),
+                Progress::Message { text } => update(state, entry, |s| s.message = text),
+                _ => {}
+            })?;
+            let bytes = out.graft.to_bytes()?;
+            state
+                .install_task(&request.task_name, &bytes)
+                .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+            Ok((
+                out.graft.size(),
+                serde_json::to_value(&out.variants)?,
+                serde_json::to_value(&out.timings)?,
+            ))
+        })
+    })();
+    let cancelled = entry.cancel.load(Ordering::Relaxed);
+    update(state, entry, |s| {
+        s.finished_unix = Some(crate::graft::unix_now());
+        match result {
+            Ok((size, variants, timings)) => {
+                s.state = JobState::Succeeded;
+                s.graft_size = Some(size);
+                s.variants = Some(variants);
+                s.timings = Some(timings);
+                s.message = format!("task `{}` registered", request.task_name);
+            }
+            Err(_) if cancelled => {
+                s.state = JobState::Cancelled;
+                s.message = "cancelled".into();
+            }
+            Err(e) => {
+                s.state = JobState::Failed;
+                s.error = Some(format!("{e:#}"));
+                s.message = "failed".into();
+            }
+        }
+    });
+}

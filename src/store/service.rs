@@ -1,0 +1,217 @@
+//! The service's persistent state in one data directory.
+//!
+//! ```text
+//! <data>/tasks/<name>.graft        one file per task (the graft; its manifest is the task's metadata)
+//! <data>/checkpoints/<id>/         uploaded fine-tuned checkpoints (HF directories), id = content hash
+//! <data>/jobs/<id>.json            localization jobs' last known state
+//! ```
+//! Every file is written atomically, so a task is either fully there or not at all.
+
+use super::{atomic_dir, atomic_write};
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Rule for task and checkpoint names, as shown to users.
+pub const NAME_RULE: &str =
+    "1 to 64 characters from letters, digits, '-', '_' and '.', not starting with '.'";
+
+/// Whether a task name follows [`NAME_RULE`].
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// What the service persists. The filesystem implementation is [`FsStore`]; an object-storage backend can
+/// implement the same trait.
+pub trait Store: Send + Sync + 'static {
+    /// Stores (or replaces) a task's graft file, atomically.
+    fn put_task(&self, name: &str, graft: &[u8]) -> Result<()>;
+    /// A task's graft file, if the task exists.
+    fn get_task(&self, name: &str) -> Result<Option<Vec<u8>>>;
+    /// Names of all stored tasks, sorted.
+    fn list_tasks(&self) -> Result<Vec<String>>;
+    /// Deletes a task; false when it did not exist.
+    fn delete_task(&self, name: &str) -> Result<bool>;
+    /// Stores a job record (JSON), atomically.
+    fn put_job(&self, id: &str, record: &[u8]) -> Result<()>;
+    /// All job records.
+    fn list_jobs(&self) -> Result<Vec<Vec<u8>>>;
+    /// Directory holding checkpoint `id` (it may not exist).
+    fn checkpoint_dir(&self, id: &str) -> PathBuf;
+    /// Moves a fully written checkpoint directory into place under `id`.
+    fn put_checkpoint(&self, id: &str, fill: &dyn Fn(&Path) -> Result<()>) -> Result<()>;
+    /// Deletes a checkpoint; false when it did not exist.
+    fn delete_checkpoint(&self, id: &str) -> Result<bool>;
+    /// A scratch directory on the same filesystem (for uploads in progress).
+    fn scratch_dir(&self) -> PathBuf;
+    /// Checks that the store can be read and written.
+    fn check(&self) -> Result<()>;
+}
+
+/// The filesystem store.
+#[derive(Debug, Clone)]
+pub struct FsStore {
+    root: PathBuf,
+}
+
+/// Serialized job record stored by [`Store::put_job`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredJob {
+    /// Job id.
+    pub id: String,
+    /// Raw JSON of the job's public state.
+    pub state: serde_json::Value,
+}
+
+impl FsStore {
+    /// Opens (creating if needed) a data directory.
+    pub fn open(root: &Path) -> Result<Self> {
+        for sub in ["tasks", "checkpoints", "jobs", "tmp"] {
+            std::fs::create_dir_all(root.join(sub))
+                .with_context(|| format!("cannot create {}", root.join(sub).display()))?;
+        }
+        // Leftovers of uploads interrupted by a crash.
+        if let Ok(entries) = std::fs::read_dir(root.join("tmp")) {
+            for e in entries.flatten() {
+                let _ =
+                    std::fs::remove_dir_all(e.path()).or_else(|_| std::fs::remove_file(e.path()));
+            }
+        }
+        Ok(Self {
+            root: root.to_path_buf(),
+        })
+    }
+
+    fn task_path(&self, name: &str) -> Result<PathBuf> {
+        if !valid_name(name) {
+            bail!("invalid task name `{name}`: {NAME_RULE}");
+        }
+        Ok(self.root.join("tasks").join(format!("{name}.graft")))
+    }
+}
+
+impl Store for FsStore {
+    fn put_task(&self, name: &str, graft: &[u8]) -> Result<()> {
+        atomic_write(&self.task_path(name)?, graft)
+    }
+
+    fn get_task(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let p = self.task_path(name)?;
+        match std::fs::read(&p) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", p.display())),
+        }
+    }
+
+    fn list_tasks(&self) -> Result<Vec<String>> {
+        let mut names = Vec::new();
+        for e in std::fs::read_dir(self.root.join("tasks"))? {
+            let name = e?.file_name().to_string_lossy().to_string();
+            if let Some(stem) = name.strip_suffix(".graft") {
+                if valid_name(stem) {
+                    names.push(stem.to_string());
+                }
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn delete_task(&self, name: &str) -> Result<bool> {
+        let p = self.task_path(name)?;
+        match std::fs::remove_file(&p) {
+            Ok(()) => {
+                super::sync_dir(&self.root.join("tasks"));
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn put_job(&self, id: &str, record: &[u8]) -> Result<()> {
+        if !valid_name(id) {
+            bail!("invalid job id `{id}`");
+        }
+        atomic_write(&self.root.join("jobs").join(format!("{id}.json")), record)
+    }
+
+    fn list_jobs(&self) -> Result<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(self.root.join("jobs"))? {
+            let p = e?.path();
+            if p.extension().is_some_and(|x| x == "json") {
+                out.push(std::fs::read(&p)?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn checkpoint_dir(&self, id: &str) -> PathBuf {
+        self.root.join("checkpoints").join(id)
+    }
+
+    fn put_checkpoint(&self, id: &str, fill: &dyn Fn(&Path) -> Result<()>) -> Result<()> {
+        if !valid_name(id) {
+            bail!("invalid checkpoint id `{id}`");
+        }
+        atomic_dir(&self.checkpoint_dir(id), true, |d| fill(d))
+    }
+
+    fn delete_checkpoint(&self, id: &str) -> Result<bool> {
+        if !valid_name(id) {
+            return Ok(false);
+        }
+        let d = self.checkpoint_dir(id);
+        if !d.is_dir() {
+            return Ok(false);
+        }
+        std::fs::remove_dir_all(&d)?;
+        Ok(true)
+    }
+
+    fn scratch_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    fn check(&self) -> Result<()> {
+        let probe = self.root.join("tmp").join(".ready-probe");
+        std::fs::write(&probe, b"ok").context("data directory is not writable")?;
+        std::fs::remove_file(&probe)?;
+        std::fs::read_dir(self.root.join("tasks")).context("tasks directory is not readable")?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_round_trip() {
+        assert!(valid_name("sst2-k16.v1"));
+        assert!(!valid_name("../etc"));
+        assert!(!valid_name(".hidden"));
+        assert!(!valid_name(""));
+        assert!(!valid_name(&"a".repeat(65)));
+        let dir = std::env::temp_dir().join(format!("sg-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let s = FsStore::open(&dir).unwrap();
+        s.put_task("a", b"one").unwrap();
+        s.put_task("b", b"two").unwrap();
+        assert_eq!(s.list_tasks().unwrap(), vec!["a", "b"]);
+        assert_eq!(s.get_task("a").unwrap().unwrap(), b"one");
+        assert!(s.get_task("zzz").unwrap().is_none());
+        assert!(s.put_task("../x", b"").is_err());
+        assert!(s.delete_task("a").unwrap());
+        assert!(!s.delete_task("a").unwrap());
+        s.check().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
