@@ -391,19 +391,28 @@ pub async fn localization_events(
     let rx = e.events.subscribe();
     let first = serde_json::to_string(&*e.status.lock().map_err(ApiError::internal)?)
         .map_err(ApiError::internal)?;
-    let done = |t: &str| {
+    fn done(t: &str) -> bool {
         serde_json::from_str::<JobStatus>(t)
             .map(|j| !matches!(j.state, JobState::Queued | JobState::Running))
             .unwrap_or(false)
-    };
+    }
     let first_done = done(&first);
-    let updates = tokio_stream::wrappers::BroadcastStream::new(rx)
-        .filter_map(|m| async move { m.ok() })
-        .scan(first_done, move |ended, m| {
-            let out = if *ended { None } else { Some(m.clone()) };
-            *ended = *ended || done(&m);
-            async move { out }
-        });
+    // After the message that ends the job, the stream ends too.
+    let updates = futures::stream::unfold((rx, first_done), |(mut rx, ended)| async move {
+        if ended {
+            return None;
+        }
+        loop {
+            match rx.recv().await {
+                Ok(m) => {
+                    let d = done(&m);
+                    return Some((m, (rx, d)));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
     let stream = futures::stream::once(async move { first })
         .chain(updates)
         .map(|m| Ok::<_, std::convert::Infallible>(Event::default().event("status").data(m)));

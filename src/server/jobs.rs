@@ -255,7 +255,7 @@ impl JobManager {
         self.jobs.insert(id.clone(), entry.clone());
         let slots = self.slots.clone();
         std::thread::Builder::new()
-            .name(format!("{id}"))
+            .name(id.clone())
             .spawn(move || {
                 {
                     let (lock, cv) = &*slots;
