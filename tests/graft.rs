@@ -387,3 +387,83 @@ fn transformers_checkpoint_loads_and_mismatches_are_named() {
         .unwrap();
     assert!(format!("{e:#}").contains("architecture mismatch"), "{e:#}");
 }
+
+#[test]
+fn engine_mixed_task_batches_match_grafts_applied_in_place() {
+    use skillgraft::engine::{Engine, EngineConfig, ServedTask};
+    use std::sync::Arc;
+    let s = setup();
+    let m = graftable(&s);
+    let abs: Vec<f32> = m.delta.iter().map(|d| d.abs()).collect();
+    let mk = |mask: &[u32], version: u64| {
+        Arc::new(ServedTask {
+            name: format!("t{version}"),
+            graft: Graft {
+                manifest: serde_json::from_value(serde_json::json!({
+                    "format": 1, "base": {"name": "tiny", "content_hash": "perturbed-base", "architecture": "bert", "parameters": 1},
+                    "region": {}, "region_size": m.region.len(), "size": mask.len(), "method": "test",
+                    "hyper_parameters": null, "head": s.spec, "task": null, "metrics": null, "created_unix": 0
+                }))
+                .unwrap(),
+                entries: entries_from_mask(&m.region, mask, &m.ft),
+                head: Graft::head_from_tensors(&s.spec.tensor_names(skillgraft::model::Architecture::Bert), &s.head).unwrap(),
+            },
+            version,
+        })
+    };
+    let t1 = mk(&top_k(&abs, 400), 1);
+    let all: Vec<u32> = (0..m.region.len() as u32).collect();
+    let t2 = mk(&all, 2);
+    // Reference: each task alone (graft applied in place).
+    let reference = |t: &ServedTask| {
+        let body = s.base.model.weights.deep_clone().unwrap().tensors;
+        let applied = t.graft.apply(&body).unwrap();
+        let l = reference_logits(&s, &body);
+        applied.revert().unwrap();
+        l
+    };
+    let (want1, want2) = (reference(&t1), reference(&t2));
+    let texts: Vec<skillgraft::model::TextInput> = s
+        .split
+        .test
+        .iter()
+        .map(|e| skillgraft::model::TextInput::single(e.text.clone()))
+        .collect();
+    let batch = s.base.tokenizer.encode(&texts, false).unwrap();
+    let cfg = EngineConfig {
+        max_wait: std::time::Duration::from_millis(300),
+        threads: 1,
+        ..Default::default()
+    };
+    let engine = Engine::start(&s.base, cfg).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (a, b) = rt.block_on(async {
+        tokio::join!(
+            engine.logits(t1.clone(), batch.clone()),
+            engine.logits(t2.clone(), batch.clone())
+        )
+    });
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert!(
+        max_abs_diff(&a, &want1) <= 1e-5,
+        "task 1 in a mixed batch: {}",
+        max_abs_diff(&a, &want1)
+    );
+    assert!(
+        max_abs_diff(&b, &want2) <= 1e-5,
+        "task 2 in a mixed batch: {}",
+        max_abs_diff(&b, &want2)
+    );
+    assert!(
+        max_abs_diff(&want1, &want2) > 1e-3,
+        "the two tasks must differ for this test to mean anything"
+    );
+    assert_eq!(
+        engine
+            .stats()
+            .batches
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "both requests ran in one batch"
+    );
+}

@@ -2,6 +2,7 @@
 //! human table or (`--json`) one JSON document on stdout. Progress goes to stderr.
 
 mod bench;
+mod bench_serve;
 mod table;
 
 use crate::data::{self, FewShotOptions, FewShotSplit, TaskSpec};
@@ -51,6 +52,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Run the HTTP service on the base model.
     Serve(ServeArgs),
+    /// Drive a server (started as a second process) with 1 vs many tasks: throughput, latency, memory.
+    BenchServe(bench_serve::BenchServeArgs),
 }
 
 /// Options of `skillgraft serve` (every flag also reads an environment variable).
@@ -510,6 +513,7 @@ impl Command {
             Command::Info(a) => &a.model,
             Command::Bench(a) => &a.model,
             Command::Serve(a) => &a.model,
+            Command::BenchServe(a) => &a.model,
         }
     }
 }
@@ -534,6 +538,7 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Info(a) => cmd_info(a),
         Command::Bench(a) => bench::run(a),
         Command::Serve(a) => cmd_serve(a),
+        Command::BenchServe(a) => bench_serve::run(a),
     }
 }
 

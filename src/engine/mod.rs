@@ -7,7 +7,9 @@
 //! graft of ~1k values costs microseconds, so serving many tasks costs almost nothing over serving one.
 
 use crate::graft::Graft;
+use crate::model::encoder::{EncoderInput, RowAdjust};
 use crate::model::heads::{HeadSpec, TaskHead};
+use crate::model::ops::{with_cpu_slice, write_cpu_f32};
 use crate::model::{to_hash_map, BaseModel, EncodedBatch, Encoder};
 use anyhow::{anyhow, Result};
 use candle_core::{DType, Tensor};
@@ -132,6 +134,7 @@ impl Engine {
                     config: cfg,
                     device,
                     heads: HashMap::new(),
+                    deltas: HashMap::new(),
                     stats: st,
                     settings: config,
                 };
@@ -187,8 +190,99 @@ struct Worker {
     config: crate::model::ModelConfig,
     device: candle_core::Device,
     heads: HashMap<(String, u64), TaskHead>,
+    deltas: HashMap<(String, u64), Arc<TaskDeltas>>,
     stats: Arc<EngineStats>,
     settings: EngineConfig,
+}
+
+/// A task's sparse deltas (graft value − base value) per tensor, for mixed-task batches.
+struct TaskDeltas {
+    by_tensor: HashMap<String, (Vec<u32>, Vec<f32>)>,
+}
+
+/// Rows of several tasks in one batch: each task's deltas corrected row by row after every layer.
+struct MixedRows<'a> {
+    /// (first token row, token rows, deltas) per task group.
+    groups: Vec<(usize, usize, &'a TaskDeltas)>,
+}
+
+impl RowAdjust for MixedRows<'_> {
+    fn after_dense(&self, name: &str, x: &Tensor, y: &Tensor) -> candle_core::Result<()> {
+        let (wname, bname) = (format!("{name}.weight"), format!("{name}.bias"));
+        let touched: Vec<_> = self
+            .groups
+            .iter()
+            .filter(|(_, _, d)| {
+                d.by_tensor.contains_key(&wname) || d.by_tensor.contains_key(&bname)
+            })
+            .collect();
+        if touched.is_empty() {
+            return Ok(());
+        }
+        let (in_dim, out_dim) = (x.dim(1)?, y.dim(1)?);
+        with_cpu_slice::<f32, _>(x, |xs| {
+            write_cpu_f32(y, |ys| {
+                for (start, len, d) in &touched {
+                    let w = d.by_tensor.get(&wname);
+                    let b = d.by_tensor.get(&bname);
+                    for t in *start..start + len {
+                        let (xr, yr) = (&xs[t * in_dim..(t + 1) * in_dim], t * out_dim);
+                        if let Some((idx, dv)) = w {
+                            for (&f, &v) in idx.iter().zip(dv) {
+                                let (i, j) = (f as usize / in_dim, f as usize % in_dim);
+                                ys[yr + i] += xr[j] * v;
+                            }
+                        }
+                        if let Some((idx, dv)) = b {
+                            for (&i, &v) in idx.iter().zip(dv) {
+                                ys[yr + i as usize] += v;
+                            }
+                        }
+                    }
+                }
+            })
+        })?
+    }
+
+    fn after_norm(&self, name: &str, x: &Tensor, y: &Tensor, eps: f64) -> candle_core::Result<()> {
+        let (wname, bname) = (format!("{name}.weight"), format!("{name}.bias"));
+        let touched: Vec<_> = self
+            .groups
+            .iter()
+            .filter(|(_, _, d)| {
+                d.by_tensor.contains_key(&wname) || d.by_tensor.contains_key(&bname)
+            })
+            .collect();
+        if touched.is_empty() {
+            return Ok(());
+        }
+        let dim = x.dim(1)?;
+        with_cpu_slice::<f32, _>(x, |xs| {
+            write_cpu_f32(y, |ys| {
+                for (start, len, d) in &touched {
+                    let w = d.by_tensor.get(&wname);
+                    let b = d.by_tensor.get(&bname);
+                    for t in *start..start + len {
+                        let xr = &xs[t * dim..(t + 1) * dim];
+                        let mean = xr.iter().sum::<f32>() / dim as f32;
+                        let var =
+                            xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / dim as f32;
+                        let rstd = 1.0 / (var + eps as f32).sqrt();
+                        if let Some((idx, dv)) = w {
+                            for (&j, &v) in idx.iter().zip(dv) {
+                                ys[t * dim + j as usize] += (xr[j as usize] - mean) * rstd * v;
+                            }
+                        }
+                        if let Some((idx, dv)) = b {
+                            for (&j, &v) in idx.iter().zip(dv) {
+                                ys[t * dim + j as usize] += v;
+                            }
+                        }
+                    }
+                }
+            })
+        })?
+    }
 }
 
 /// Concatenates batches row-wise, padding to the longest row.
@@ -250,8 +344,31 @@ impl Worker {
                     None => groups.push((w.task.clone(), vec![w])),
                 }
             }
-            for (task, works) in groups {
-                let result = self.run_group(&task, &works);
+            // Tasks whose grafts touch only encoder layers share one forward pass; others are applied in place.
+            let (mixable, separate): (Vec<_>, Vec<_>) = groups.into_iter().partition(|(t, _)| {
+                !t.head().uses_prompt()
+                    && t.graft
+                        .entries
+                        .iter()
+                        .all(|e| e.name.starts_with("encoder.layer."))
+            });
+            let mut done: Vec<(Vec<Work>, Result<Vec<Vec<f32>>>)> = Vec::new();
+            if mixable.len() > 1 {
+                let results = self.run_mixed(&mixable);
+                for ((_, works), r) in mixable.into_iter().zip(results) {
+                    done.push((works, r));
+                }
+            } else {
+                for (task, works) in mixable {
+                    let r = self.run_group(&task, &works);
+                    done.push((works, r));
+                }
+            }
+            for (task, works) in separate {
+                let r = self.run_group(&task, &works);
+                done.push((works, r));
+            }
+            for (works, result) in done {
                 let mut row = 0;
                 for w in works {
                     let n = w.batch.batch;
@@ -284,6 +401,107 @@ impl Worker {
         let h = TaskHead::load(task.head(), vb, &self.config, &self.encoder.embeddings.word)?;
         self.heads.insert(key, h.clone());
         Ok(h)
+    }
+
+    fn task_deltas(&mut self, task: &ServedTask) -> Result<Arc<TaskDeltas>> {
+        let key = (task.name.clone(), task.version);
+        if let Some(d) = self.deltas.get(&key) {
+            return Ok(d.clone());
+        }
+        if self.deltas.len() >= 4096 {
+            self.deltas.clear();
+        }
+        let mut by_tensor = HashMap::new();
+        for e in &task.graft.entries {
+            let t = self.tensors.get(&e.name).ok_or_else(|| {
+                anyhow!("graft touches `{}`, which the base does not have", e.name)
+            })?;
+            let base: Vec<f32> = with_cpu_slice::<f32, _>(t, |w| {
+                e.indices.iter().map(|&i| w[i as usize]).collect()
+            })?;
+            let delta: Vec<f32> = e.values.iter().zip(&base).map(|(v, b)| v - b).collect();
+            by_tensor.insert(e.name.clone(), (e.indices.clone(), delta));
+        }
+        let d = Arc::new(TaskDeltas { by_tensor });
+        self.deltas.insert(key, d.clone());
+        Ok(d)
+    }
+
+    /// One forward pass for rows of several tasks (sparse per-row corrections), then each task's head.
+    fn run_mixed(&mut self, groups: &[(Arc<ServedTask>, Vec<Work>)]) -> Vec<Result<Vec<Vec<f32>>>> {
+        let prepared: Result<Vec<(Arc<TaskDeltas>, TaskHead)>> = groups
+            .iter()
+            .map(|(t, _)| Ok((self.task_deltas(t)?, self.head(t)?)))
+            .collect();
+        let prepared = match prepared {
+            Ok(p) => p,
+            Err(e) => return groups.iter().map(|_| Err(anyhow!("{e:#}"))).collect(),
+        };
+        let batches: Vec<&EncodedBatch> = groups
+            .iter()
+            .flat_map(|(_, ws)| ws.iter().map(|w| &w.batch))
+            .collect();
+        let merged = merge(&batches, self.config.pad_id());
+        let seq = merged.seq;
+        let mut spans = Vec::new();
+        let mut r0 = 0;
+        for (_, ws) in groups {
+            let rows: usize = ws.iter().map(|w| w.batch.batch).sum();
+            spans.push((r0, rows));
+            r0 += rows;
+        }
+        let t0 = Instant::now();
+        let hidden = (|| -> Result<(Tensor, EncoderInput)> {
+            let input = merged.to_input(&self.config, &self.device, DType::F32)?;
+            let mixed = MixedRows {
+                groups: spans
+                    .iter()
+                    .zip(&prepared)
+                    .map(|(&(r, n), (d, _))| (r * seq, n * seq, d.as_ref()))
+                    .collect(),
+            };
+            Ok((self.encoder.forward_with(&input, Some(&mixed))?, input))
+        })();
+        let out = match hidden {
+            Ok((hidden, input)) => spans
+                .iter()
+                .zip(&prepared)
+                .map(|(&(r, n), (_, head))| -> Result<Vec<Vec<f32>>> {
+                    let sub = EncoderInput {
+                        input_ids: input.input_ids.narrow(0, r, n)?,
+                        token_type_ids: input.token_type_ids.narrow(0, r, n)?,
+                        position_ids: input.position_ids.narrow(0, r, n)?,
+                        attention_mask: input.attention_mask.narrow(0, r, n)?,
+                        attention_bias: input.attention_bias.narrow(0, r, n)?,
+                        mask_positions: match &merged.mask_positions {
+                            Some(p) => Some(Tensor::from_vec(
+                                p[r..r + n]
+                                    .iter()
+                                    .enumerate()
+                                    .map(|(i, &pos)| (i * seq) as u32 + pos)
+                                    .collect::<Vec<u32>>(),
+                                n,
+                                &self.device,
+                            )?),
+                            None => None,
+                        },
+                    };
+                    let h = hidden.narrow(0, r, n)?;
+                    Ok(head
+                        .forward(&h, &sub)?
+                        .to_dtype(DType::F32)?
+                        .to_vec2::<f32>()?)
+                })
+                .collect(),
+            Err(e) => groups.iter().map(|_| Err(anyhow!("{e:#}"))).collect(),
+        };
+        let s = &self.stats;
+        s.compute_nanos
+            .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        s.rows.fetch_add(merged.batch as u64, Ordering::Relaxed);
+        s.tokens
+            .fetch_add(merged.real_tokens() as u64, Ordering::Relaxed);
+        out
     }
 
     fn run_group(&mut self, task: &ServedTask, works: &[Work]) -> Result<Vec<Vec<f32>>> {

@@ -27,6 +27,16 @@ pub struct EncoderInput {
     pub mask_positions: Option<Tensor>,
 }
 
+/// Per-row corrections applied after dense and LayerNorm layers, for batches whose rows belong to different
+/// tasks (each a sparse delta on the shared weights). `x` is the layer input and `y` its fresh output, both
+/// flattened to (tokens, features); implementations update `y` in place.
+pub trait RowAdjust {
+    /// After the dense layer named `name` (e.g. `encoder.layer.0.attention.self.query`).
+    fn after_dense(&self, name: &str, x: &Tensor, y: &Tensor) -> Result<()>;
+    /// After the LayerNorm named `name`, with its epsilon.
+    fn after_norm(&self, name: &str, x: &Tensor, y: &Tensor, eps: f64) -> Result<()>;
+}
+
 /// A dense layer `x W^T + b` with HF weight layout (out, in).
 #[derive(Debug, Clone)]
 pub struct Dense {
@@ -34,6 +44,8 @@ pub struct Dense {
     pub weight: Tensor,
     /// (out).
     pub bias: Tensor,
+    /// Canonical name prefix of the weights.
+    pub name: String,
 }
 
 impl Dense {
@@ -42,7 +54,23 @@ impl Dense {
         Ok(Self {
             weight: vb.get((out_dim, in_dim), "weight")?,
             bias: vb.get(out_dim, "bias")?,
+            name: vb.prefix(),
         })
+    }
+
+    /// Applies the layer, then the row adjustments (if any).
+    pub fn forward_with(&self, x: &Tensor, adjust: Option<&dyn RowAdjust>) -> Result<Tensor> {
+        let y = self.forward(x)?;
+        if let Some(a) = adjust {
+            let in_dim = x.dims()[x.rank() - 1];
+            let out_dim = self.weight.dim(0)?;
+            a.after_dense(
+                &self.name,
+                &x.reshape((x.elem_count() / in_dim, in_dim))?,
+                &y.reshape((y.elem_count() / out_dim, out_dim))?,
+            )?;
+        }
+        Ok(y)
     }
 
     /// Applies the layer to the last dimension of `x` (any rank ≥ 2).
@@ -71,6 +99,8 @@ pub struct Norm {
     pub bias: Tensor,
     /// Epsilon.
     pub eps: f64,
+    /// Canonical name prefix of the weights.
+    pub name: String,
 }
 
 impl Norm {
@@ -80,7 +110,23 @@ impl Norm {
             weight: vb.get(dim, "weight")?,
             bias: vb.get(dim, "bias")?,
             eps,
+            name: vb.prefix(),
         })
+    }
+
+    /// Normalizes, then applies the row adjustments (if any).
+    pub fn forward_with(&self, x: &Tensor, adjust: Option<&dyn RowAdjust>) -> Result<Tensor> {
+        let y = self.forward(x)?;
+        if let Some(a) = adjust {
+            let d = x.dims()[x.rank() - 1];
+            a.after_norm(
+                &self.name,
+                &x.reshape((x.elem_count() / d, d))?,
+                &y.reshape((y.elem_count() / d, d))?,
+                self.eps,
+            )?;
+        }
+        Ok(y)
     }
 
     /// Normalizes the last dimension.
@@ -160,7 +206,12 @@ impl Layer {
         })
     }
 
-    fn forward(&self, x: &Tensor, attention_bias: &Tensor) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        attention_bias: &Tensor,
+        adj: Option<&dyn RowAdjust>,
+    ) -> Result<Tensor> {
         let (b, s, h) = x.dims3()?;
         let dh = h / self.heads;
         let split = |t: Tensor| -> Result<Tensor> {
@@ -169,9 +220,9 @@ impl Layer {
                 .contiguous()
         };
         let scale = 1.0 / (dh as f64).sqrt();
-        let q = split((self.query.forward(x)? * scale)?)?;
-        let k = split(self.key.forward(x)?)?;
-        let v = split(self.value.forward(x)?)?;
+        let q = split((self.query.forward_with(x, adj)? * scale)?)?;
+        let k = split(self.key.forward_with(x, adj)?)?;
+        let v = split(self.value.forward_with(x, adj)?)?;
         let scores = q.matmul(&k.t()?)?.broadcast_add(attention_bias)?;
         let probs = softmax_last_dim(&scores)?;
         let ctx = probs
@@ -181,9 +232,10 @@ impl Layer {
             .reshape((b, s, h))?;
         let a = self
             .attn_norm
-            .forward(&(self.attn_out.forward(&ctx)? + x)?)?;
-        let f = gelu(&self.ffn_in.forward(&a)?)?;
-        self.out_norm.forward(&(self.ffn_out.forward(&f)? + a)?)
+            .forward_with(&(self.attn_out.forward_with(&ctx, adj)? + x)?, adj)?;
+        let f = gelu(&self.ffn_in.forward_with(&a, adj)?)?;
+        self.out_norm
+            .forward_with(&(self.ffn_out.forward_with(&f, adj)? + a)?, adj)
     }
 }
 
@@ -213,9 +265,18 @@ impl Encoder {
 
     /// Hidden states of the last layer, (batch, seq, hidden).
     pub fn forward(&self, input: &EncoderInput) -> Result<Tensor> {
+        self.forward_with(input, None)
+    }
+
+    /// Hidden states with per-row adjustments of the encoder layers (rows of different tasks in one batch).
+    pub fn forward_with(
+        &self,
+        input: &EncoderInput,
+        adjust: Option<&dyn RowAdjust>,
+    ) -> Result<Tensor> {
         let mut x = self.embeddings.forward(input)?;
         for layer in &self.layers {
-            x = layer.forward(&x, &input.attention_bias)?;
+            x = layer.forward(&x, &input.attention_bias, adjust)?;
         }
         Ok(x)
     }
