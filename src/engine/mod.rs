@@ -97,6 +97,9 @@ pub enum EngineError {
     Failed(String),
 }
 
+/// Class logits, one row per input.
+type Logits = Vec<Vec<f32>>;
+
 struct Work {
     task: Arc<ServedTask>,
     batch: EncodedBatch,
@@ -352,7 +355,7 @@ impl Worker {
                         .iter()
                         .all(|e| e.name.starts_with("encoder.layer."))
             });
-            let mut done: Vec<(Vec<Work>, Result<Vec<Vec<f32>>>)> = Vec::new();
+            let mut done: Vec<(Vec<Work>, Result<Logits>)> = Vec::new();
             if mixable.len() > 1 {
                 let results = self.run_mixed(&mixable);
                 for ((_, works), r) in mixable.into_iter().zip(results) {
