@@ -209,16 +209,22 @@ struct MixedRows<'a> {
     groups: Vec<(usize, usize, &'a TaskDeltas)>,
 }
 
-impl RowAdjust for MixedRows<'_> {
-    fn after_dense(&self, name: &str, x: &Tensor, y: &Tensor) -> candle_core::Result<()> {
-        let (wname, bname) = (format!("{name}.weight"), format!("{name}.bias"));
-        let touched: Vec<_> = self
+impl MixedRows<'_> {
+    /// The `weight`/`bias` names under `name`, and the groups whose tasks change either.
+    fn touching(&self, name: &str) -> (String, String, Vec<&(usize, usize, &TaskDeltas)>) {
+        let (w, b) = (format!("{name}.weight"), format!("{name}.bias"));
+        let touched = self
             .groups
             .iter()
-            .filter(|(_, _, d)| {
-                d.by_tensor.contains_key(&wname) || d.by_tensor.contains_key(&bname)
-            })
+            .filter(|(_, _, d)| d.by_tensor.contains_key(&w) || d.by_tensor.contains_key(&b))
             .collect();
+        (w, b, touched)
+    }
+}
+
+impl RowAdjust for MixedRows<'_> {
+    fn after_dense(&self, name: &str, x: &Tensor, y: &Tensor) -> candle_core::Result<()> {
+        let (wname, bname, touched) = self.touching(name);
         if touched.is_empty() {
             return Ok(());
         }
@@ -248,14 +254,7 @@ impl RowAdjust for MixedRows<'_> {
     }
 
     fn after_norm(&self, name: &str, x: &Tensor, y: &Tensor, eps: f64) -> candle_core::Result<()> {
-        let (wname, bname) = (format!("{name}.weight"), format!("{name}.bias"));
-        let touched: Vec<_> = self
-            .groups
-            .iter()
-            .filter(|(_, _, d)| {
-                d.by_tensor.contains_key(&wname) || d.by_tensor.contains_key(&bname)
-            })
-            .collect();
+        let (wname, bname, touched) = self.touching(name);
         if touched.is_empty() {
             return Ok(());
         }

@@ -749,6 +749,38 @@ pub struct EvaluateResponse {
     pub report: ClassificationReport,
 }
 
+/// Label ids (a label is a class name or an index) and model inputs of labelled examples.
+fn labelled(
+    t: &ServedTask,
+    examples: &[LabelledInput],
+    what: &str,
+) -> ApiResult<(Vec<usize>, Vec<PredictInput>)> {
+    let labels = labels_of(t);
+    let mut ids = Vec::with_capacity(examples.len());
+    let mut inputs = Vec::with_capacity(examples.len());
+    for (i, e) in examples.iter().enumerate() {
+        let id = match &e.label {
+            serde_json::Value::Number(n) => {
+                n.as_u64().map(|v| v as usize).filter(|&v| v < labels.len())
+            }
+            serde_json::Value::String(l) => labels.iter().position(|x| x == l),
+            _ => None,
+        }
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "{what} {i}: label {} is not one of {labels:?}",
+                e.label
+            ))
+        })?;
+        ids.push(id);
+        inputs.push(PredictInput::Pair {
+            text: e.text.clone(),
+            text_b: e.text_b.clone(),
+        });
+    }
+    Ok((ids, inputs))
+}
+
 /// Evaluate a task on labelled examples: accuracy, macro-F1, ECE (bins named), NLL, Brier, reliability bins.
 #[utoipa::path(post, path = "/v1/tasks/{name}/evaluate", params(("name" = String, Path)), request_body = EvaluateRequest,
     responses((status = 200, body = EvaluateResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -761,29 +793,7 @@ pub async fn evaluate(
     if req.bins == 0 || req.bins > 1000 {
         return Err(ApiError::bad_request("bins must be between 1 and 1000"));
     }
-    let labels = labels_of(&t);
-    let mut ids = Vec::with_capacity(req.examples.len());
-    let mut inputs = Vec::with_capacity(req.examples.len());
-    for (i, e) in req.examples.into_iter().enumerate() {
-        let id = match &e.label {
-            serde_json::Value::Number(n) => {
-                n.as_u64().map(|v| v as usize).filter(|&v| v < labels.len())
-            }
-            serde_json::Value::String(l) => labels.iter().position(|x| x == l),
-            _ => None,
-        }
-        .ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "example {i}: label {} is not one of {labels:?}",
-                e.label
-            ))
-        })?;
-        ids.push(id);
-        inputs.push(PredictInput::Pair {
-            text: e.text,
-            text_b: e.text_b,
-        });
-    }
+    let (ids, inputs) = labelled(&t, &req.examples, "example")?;
     let texts = to_texts(&s, &t, inputs)?;
     let logits = logits_for(&s, &t, texts).await?;
     let temperature = if req.calibrate {
@@ -943,29 +953,7 @@ pub async fn compose(
             report.push(serde_json::json!({"task": m.name}));
             continue;
         };
-        let labels = labels_of(m);
-        let mut ids = Vec::new();
-        let mut inputs = Vec::new();
-        for e in examples {
-            let id = match &e.label {
-                serde_json::Value::Number(n) => {
-                    n.as_u64().map(|v| v as usize).filter(|&v| v < labels.len())
-                }
-                serde_json::Value::String(l) => labels.iter().position(|x| x == l),
-                _ => None,
-            }
-            .ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "task {}: label {} is not one of {labels:?}",
-                    m.name, e.label
-                ))
-            })?;
-            ids.push(id);
-            inputs.push(PredictInput::Pair {
-                text: e.text.clone(),
-                text_b: e.text_b.clone(),
-            });
-        }
+        let (ids, inputs) = labelled(m, examples, &format!("task {}: example", m.name))?;
         let texts = to_texts(&s, m, inputs)?;
         let alone = logits_for(&s, m, texts.clone()).await?;
         // The member's own head on the composed body.
