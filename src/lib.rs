@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod model;
 pub mod server;
 pub mod store;
+pub mod study;
 pub mod train;
 
 use std::path::PathBuf;

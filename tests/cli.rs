@@ -268,3 +268,83 @@ fn cli_errors_are_clear() {
     );
     let _ = std::fs::remove_file(bad);
 }
+
+#[test]
+fn study_runs_a_tiny_grid_and_resumes_from_its_cache() {
+    let Some(model) = common::minilm_dir() else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("sg-study-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let report = dir.join("RESULTS.md");
+    let run = || {
+        let out = bin()
+            .args([
+                "study",
+                "--tasks",
+                "sst2",
+                "--seeds",
+                "13",
+                "--steps",
+                "8",
+                "--eval-every",
+                "4",
+                "--epochs",
+                "2",
+            ])
+            .args([
+                "--max-test",
+                "30",
+                "--methods",
+                "magnitude,paper",
+                "--sparsities",
+                "1e-4",
+                "--model",
+            ])
+            .arg(&model)
+            .arg("--cache-dir")
+            .arg(dir.join("cache"))
+            .arg("--report")
+            .arg(&report)
+            .arg("--results-json")
+            .arg(dir.join("results.json"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{err}");
+        err
+    };
+    let first = run();
+    assert!(
+        first.contains("fine-tune sst2") && first.contains("2/2"),
+        "{first}"
+    );
+    let text = std::fs::read_to_string(&report).unwrap();
+    assert!(
+        text.contains("skillgraft study --tasks sst2"),
+        "the report names its command"
+    );
+    assert!(
+        text.contains("| sst2 | prototype | sgd | 16 | magnitude | 1e-4 | 1 |"),
+        "{text}"
+    );
+    assert!(
+        text.contains("| sst2 | prototype | sgd | 16 | paper | 1e-4 | 1 |"),
+        "{text}"
+    );
+    let cells: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("results.json")).unwrap()).unwrap();
+    assert_eq!(cells.as_array().unwrap().len(), 2);
+    // A second run finds every cell cached: no fine-tune, no localization.
+    let second = run();
+    assert!(
+        !second.contains("fine-tune") && !second.contains("2/2"),
+        "{second}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&report).unwrap(),
+        text,
+        "same cells, same report"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -54,6 +54,65 @@ enum Command {
     Serve(ServeArgs),
     /// Drive a server (started as a second process) with 1 vs many tasks: throughput, latency, memory.
     BenchServe(bench_serve::BenchServeArgs),
+    /// Run a resumable grid of fine-tunes and localizations and write a Markdown report.
+    Study(StudyArgs),
+}
+
+/// Options of `skillgraft study` (lists are comma-separated).
+#[derive(Args, Debug)]
+struct StudyArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Tasks.
+    #[arg(long, value_delimiter = ',', default_value = "sst2,mr,cr,subj")]
+    tasks: Vec<String>,
+    /// Few-shot seeds.
+    #[arg(long, value_delimiter = ',', default_value = "13,21,42")]
+    seeds: Vec<u64>,
+    /// Examples per class.
+    #[arg(long, value_delimiter = ',', default_value = "16")]
+    ks: Vec<usize>,
+    /// Head protocols.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "prototype")]
+    heads: Vec<HeadKind>,
+    /// Fine-tuning optimizers: sgd, adamw, adamw-l1.
+    #[arg(long, value_delimiter = ',', default_value = "sgd")]
+    optimizers: Vec<String>,
+    /// Localization methods.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "magnitude,paper,l1,saliency"
+    )]
+    methods: Vec<Method>,
+    /// Graft budgets.
+    #[arg(long, value_delimiter = ',', default_value = "1e-4,1e-3")]
+    sparsities: Vec<f64>,
+    /// Fine-tuning steps.
+    #[arg(long, default_value_t = 500)]
+    steps: usize,
+    /// Dev evaluation interval.
+    #[arg(long, default_value_t = 50)]
+    eval_every: usize,
+    /// Mask-optimization epochs.
+    #[arg(long, default_value_t = 10)]
+    epochs: usize,
+    /// Test-set cap per task.
+    #[arg(long)]
+    max_test: Option<usize>,
+    /// Cache of fine-tunes and finished cells (a rerun continues from it).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Data sets.
+    #[arg(long, env = "SKILLGRAFT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// The Markdown report.
+    #[arg(long, default_value = "docs/RESULTS.md")]
+    report: PathBuf,
+    /// All cells as JSON.
+    #[arg(long, default_value = "docs/results.json")]
+    results_json: PathBuf,
 }
 
 /// Options of `skillgraft serve` (every flag also reads an environment variable).
@@ -514,6 +573,7 @@ impl Command {
             Command::Bench(a) => &a.model,
             Command::Serve(a) => &a.model,
             Command::BenchServe(a) => &a.model,
+            Command::Study(a) => &a.model,
         }
     }
 }
@@ -539,6 +599,7 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Bench(a) => bench::run(a),
         Command::Serve(a) => cmd_serve(a),
         Command::BenchServe(a) => bench_serve::run(a),
+        Command::Study(a) => cmd_study(a),
     }
 }
 
@@ -1068,4 +1129,43 @@ fn cmd_serve(a: ServeArgs) -> Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(crate::server::serve(state))
+}
+
+fn cmd_study(a: StudyArgs) -> Result<()> {
+    let base = a.model.load()?;
+    let cfg = crate::study::StudyConfig {
+        tasks: a.tasks,
+        seeds: a.seeds,
+        ks: a.ks,
+        heads: a.heads,
+        optimizers: a.optimizers,
+        methods: a.methods,
+        sparsities: a.sparsities,
+        steps: a.steps,
+        eval_every: a.eval_every,
+        epochs: a.epochs,
+        max_test: a.max_test,
+        cache_dir: a
+            .cache_dir
+            .unwrap_or_else(|| crate::home_dir().join("study")),
+        data_dir: a.data_dir.unwrap_or_else(data::data_dir_default),
+    };
+    let command = std::iter::once("skillgraft".to_string())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let cells = crate::study::run(&base, &cfg)?;
+    crate::study::write(&cells, &command, &a.report, &a.results_json)?;
+    if a.model.json {
+        print_json(
+            &serde_json::json!({"cells": cells.len(), "report": a.report, "results": a.results_json}),
+        )
+    } else {
+        println!(
+            "{} cells; report written to {}",
+            cells.len(),
+            a.report.display()
+        );
+        Ok(())
+    }
 }
