@@ -121,10 +121,8 @@ pub fn run(base: &BaseModel, cfg: &StudyConfig) -> Result<Vec<Cell>> {
                     &all,
                     task.labels.len(),
                     &FewShotOptions {
-                        k,
-                        seed,
-                        test_size: 2000,
                         max_test: cfg.max_test,
+                        ..FewShotOptions::new(k, seed)
                     },
                 )?;
                 for &head_kind in &cfg.heads {

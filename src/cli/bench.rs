@@ -3,7 +3,7 @@
 
 use super::table::Table;
 use super::{print_json, ModelArgs};
-use crate::data::{self, FewShotOptions};
+use crate::data;
 use crate::graft::localize::{localize, GraftableModel, LocalizeOptions, Method};
 use crate::graft::{entries_from_mask, Graft};
 use crate::model::heads::{Classifier, HeadSpec, Pooling};
@@ -186,17 +186,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if !a.skip_job {
         let dir = a.data_dir.clone().unwrap_or_else(data::data_dir_default);
         let task = data::builtin_task("sst2").context("sst2 task")?;
-        let all = data::load_examples(&task, &dir)?;
-        let split = data::few_shot(
-            &all,
-            2,
-            &FewShotOptions {
-                k: 16,
-                seed: 42,
-                test_size: 2000,
-                max_test: Some(64),
-            },
-        )?;
+        let split = data::task_split(&task, &dir, 16, 42, Some(64))?;
         let spec = base.head_spec(
             crate::model::HeadKind::Prototype,
             &task,

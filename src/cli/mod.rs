@@ -5,7 +5,7 @@ mod bench;
 mod bench_serve;
 mod table;
 
-use crate::data::{self, FewShotOptions, FewShotSplit, TaskSpec};
+use crate::data::{self, FewShotSplit, TaskSpec};
 use crate::graft::evaluate::{evaluate_variants, Variant};
 use crate::graft::job::LocalizationJob;
 use crate::graft::localize::{GraftableModel, LocalizeOptions, Method};
@@ -446,25 +446,8 @@ impl DataArgs {
     }
 
     fn split(&self, task: &TaskSpec) -> Result<FewShotSplit> {
-        split_for(task, &self.data_dir(), self.k, self.seed, self.max_test)
+        data::task_split(task, &self.data_dir(), self.k, self.seed, self.max_test)
     }
-}
-
-fn split_for(
-    task: &TaskSpec,
-    dir: &std::path::Path,
-    k: usize,
-    seed: u64,
-    max_test: Option<usize>,
-) -> Result<FewShotSplit> {
-    let all = data::load_examples(task, dir)?;
-    let opts = FewShotOptions {
-        k,
-        seed,
-        test_size: 2000,
-        max_test,
-    };
-    data::few_shot(&all, task.labels.len(), &opts)
 }
 
 /// Progress reporting to stderr: a bar on a terminal, periodic lines otherwise.
@@ -823,7 +806,7 @@ fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
                 task.labels.len()
             );
         }
-        let osplit = split_for(
+        let osplit = data::task_split(
             &ot,
             &a.data.data_dir(),
             a.data.k,
@@ -975,7 +958,7 @@ fn cmd_compose(a: ComposeArgs) -> Result<()> {
             );
             continue;
         };
-        let split = split_for(task, &data_dir, 16, a.seed, a.max_test)?;
+        let split = data::task_split(task, &data_dir, 16, a.seed, a.max_test)?;
         let labels: Vec<usize> = split.test.iter().map(|e| e.label).collect();
         let inst_tensors = {
             let mut t = base.model.weights.deep_clone()?.tensors;

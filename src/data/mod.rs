@@ -192,6 +192,22 @@ impl Default for FewShotOptions {
     }
 }
 
+/// Loads a task's examples from `data_dir` and draws its few-shot split (test size 2000, optional cap).
+pub fn task_split(
+    spec: &TaskSpec,
+    data_dir: &Path,
+    k: usize,
+    seed: u64,
+    max_test: Option<usize>,
+) -> Result<FewShotSplit> {
+    let all = load_examples(spec, data_dir)?;
+    let opts = FewShotOptions {
+        max_test,
+        ..FewShotOptions::new(k, seed)
+    };
+    few_shot(&all, spec.labels.len(), &opts)
+}
+
 impl FewShotOptions {
     /// Options with the given K and seed, test size 2000 and no test cap.
     pub fn new(k: usize, seed: u64) -> Self {

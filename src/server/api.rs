@@ -454,6 +454,15 @@ fn labels_of(t: &ServedTask) -> Vec<String> {
     }
 }
 
+/// The calibration a response reports: `temperature` when one was applied, else `none`.
+fn calibration_name(temperature: Option<f64>) -> &'static str {
+    if temperature.is_some() {
+        "temperature"
+    } else {
+        "none"
+    }
+}
+
 fn temperature_of(t: &ServedTask) -> Option<f64> {
     t.graft.manifest.metrics["variants"]
         .as_array()?
@@ -696,12 +705,7 @@ pub async fn predict(
     s.metrics.record_task(&name, start.elapsed().as_secs_f64());
     Ok(Json(PredictResponse {
         task: name,
-        calibration: if temperature.is_some() {
-            "temperature"
-        } else {
-            "none"
-        }
-        .into(),
+        calibration: calibration_name(temperature).into(),
         temperature: temp,
         predictions,
     }))
@@ -805,12 +809,7 @@ pub async fn evaluate(
         .map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
     Ok(Json(EvaluateResponse {
         task: name,
-        calibration: if temperature.is_some() {
-            "temperature"
-        } else {
-            "none"
-        }
-        .into(),
+        calibration: calibration_name(temperature).into(),
         report,
     }))
 }

@@ -326,17 +326,8 @@ fn split_for(state: &AppState, r: &LocalizationRequest) -> Result<(TaskSpec, Few
         .as_deref()
         .context("give a built-in `task`, or inline `train` and `dev` examples")?;
     let spec = crate::data::builtin_task(name).with_context(|| format!("unknown task `{name}`"))?;
-    let all = crate::data::load_examples(&spec, &state.config.datasets_dir)?;
-    let split = crate::data::few_shot(
-        &all,
-        spec.labels.len(),
-        &crate::data::FewShotOptions {
-            k: r.k,
-            seed: r.seed,
-            test_size: 2000,
-            max_test: r.max_test,
-        },
-    )?;
+    let split =
+        crate::data::task_split(&spec, &state.config.datasets_dir, r.k, r.seed, r.max_test)?;
     Ok((spec, split))
 }
 
