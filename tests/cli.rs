@@ -299,6 +299,10 @@ fn study_runs_a_tiny_grid_and_resumes_from_its_cache() {
                 "magnitude,paper",
                 "--sparsities",
                 "1e-4",
+                "--ood",
+                "sst2:mr",
+                "--pairs",
+                "sst2:subj",
                 "--model",
             ])
             .arg(&model)
@@ -315,32 +319,55 @@ fn study_runs_a_tiny_grid_and_resumes_from_its_cache() {
         err
     };
     let first = run();
-    assert!(
-        first.contains("fine-tune sst2") && first.contains("2/2"),
-        "{first}"
-    );
+    for line in [
+        "[study] fine-tune sst2",
+        "[study] fine-tune subj",
+        "[study] fine-tune seq-sst2",
+        "2/2 cells",
+        "out-of-distribution sst2 → mr",
+        "composition sst2 + subj",
+    ] {
+        assert!(first.contains(line), "missing `{line}` in {first}");
+    }
     let text = std::fs::read_to_string(&report).unwrap();
     assert!(
         text.contains("skillgraft study --tasks sst2"),
         "the report names its command"
     );
-    assert!(
-        text.contains("| sst2 | prototype | sgd | 16 | magnitude | 1e-4 | 1 |"),
-        "{text}"
-    );
-    assert!(
-        text.contains("| sst2 | prototype | sgd | 16 | paper | 1e-4 | 1 |"),
-        "{text}"
-    );
-    let cells: Value =
+    for row in [
+        "| sst2 | magnitude | 1e-4 | 1 |",
+        "| sst2 | paper | 1e-4 | 1 |",
+        "## Which of the paper's claims hold",
+        "| sst2 → mr | 1 |",
+        "| sst2:subj | sst2 | 1 |",
+        "| sst2:subj | subj | 1 |",
+        "](plots/reliability.svg)",
+        "](plots/placement.svg)",
+    ] {
+        assert!(text.contains(row), "missing `{row}` in {text}");
+    }
+    for plot in ["reliability.svg", "placement.svg"] {
+        let svg = std::fs::read_to_string(dir.join("plots").join(plot)).unwrap();
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    }
+    let results: Value =
         serde_json::from_slice(&std::fs::read(dir.join("results.json")).unwrap()).unwrap();
-    assert_eq!(cells.as_array().unwrap().len(), 2);
-    // A second run finds every cell cached: no fine-tune, no localization.
-    let second = run();
-    assert!(
-        !second.contains("fine-tune") && !second.contains("2/2"),
-        "{second}"
+    assert_eq!(results["cells"].as_array().unwrap().len(), 2);
+    assert_eq!(results["analyses"]["ood"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        results["analyses"]["composition"].as_array().unwrap().len(),
+        2
     );
+    // A second run finds everything cached: no fine-tune, no localization, no analysis.
+    let second = run();
+    for line in [
+        "[study] fine-tune",
+        "cells; ETA",
+        "out-of-distribution",
+        "composition sst2",
+    ] {
+        assert!(!second.contains(line), "`{line}` recomputed: {second}");
+    }
     assert_eq!(
         std::fs::read_to_string(&report).unwrap(),
         text,

@@ -250,6 +250,55 @@ fn corrupt_graft_files_give_errors_not_panics() {
 }
 
 #[test]
+fn refit_keeps_the_base_patch_and_lowers_the_training_loss() {
+    let s = setup();
+    let m = graftable(&s);
+    let opts = LocalizeOptions {
+        method: Method::Refit,
+        sparsity: 1e-2,
+        epochs: 4,
+        refit_lr: 1e-2,
+        ..Default::default()
+    };
+    let r = localize(&m, &s.split, &opts, &mut |_| {}).unwrap();
+    assert_eq!(
+        r.mask, r.base_patch,
+        "refit keeps the base patch's coordinates"
+    );
+    assert_eq!(r.history.len(), 5, "epoch 0 plus four epochs");
+    let first = r.history[1].loss;
+    let last = r.history[4].loss;
+    assert!(
+        last < first,
+        "training only the graft lowers the training loss: {first} → {last}"
+    );
+    match &r.values {
+        Some(v) => {
+            assert_eq!(v.len(), r.mask.len());
+            assert!(r.best_epoch > 0);
+            let changed = v
+                .iter()
+                .zip(&r.mask)
+                .filter(|(x, &i)| **x != m.ft[i as usize])
+                .count();
+            assert!(
+                changed > 0,
+                "re-fitted values differ from the fine-tuned ones"
+            );
+        }
+        None => assert_eq!(r.best_epoch, 0),
+    }
+    // Setting the fine-tuned values explicitly is the plain mask, bit for bit.
+    let ft_values: Vec<f32> = r.mask.iter().map(|&i| m.ft[i as usize]).collect();
+    m.set_values(&r.mask, &ft_values).unwrap();
+    let a = m.logits(&s.split.test).unwrap();
+    m.set_mask(&r.mask).unwrap();
+    let b = m.logits(&s.split.test).unwrap();
+    assert_eq!(a, b);
+    assert!(m.set_values(&r.mask, &ft_values[1..]).is_err());
+}
+
+#[test]
 fn localization_is_deterministic_and_methods_respect_the_budget() {
     let s = setup();
     let m = graftable(&s);
@@ -267,7 +316,12 @@ fn localization_is_deterministic_and_methods_respect_the_budget() {
     assert_eq!(a.mask, b.mask, "same seed, same graft");
     assert_eq!(a.history.len(), 4, "epoch 0 plus three epochs");
     assert_eq!(a.base_patch.len(), budget);
-    for method in [Method::Magnitude, Method::Saliency, Method::L1] {
+    for method in [
+        Method::Magnitude,
+        Method::Saliency,
+        Method::L1,
+        Method::Refit,
+    ] {
         let r = localize(&m, &s.split, &opts(method), &mut |_| {}).unwrap();
         assert_eq!(r.mask.len(), budget, "{method:?} keeps the budget");
         assert!(

@@ -107,7 +107,22 @@ struct StudyArgs {
     /// Data sets.
     #[arg(long, env = "SKILLGRAFT_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// The Markdown report.
+    /// Method of the grafts the analyses use (calibration, out of distribution, overlap, composition).
+    #[arg(long, value_enum, default_value = "paper")]
+    analysis_method: Method,
+    /// Budget of the analysed grafts.
+    #[arg(long, default_value_t = 1e-4)]
+    analysis_sparsity: f64,
+    /// Out-of-distribution pairs source:target (comma-separated; "" for none).
+    #[arg(long, value_delimiter = ',', default_value = "sst2:mr,sst2:cr")]
+    ood: Vec<String>,
+    /// Composition pairs a:b (comma-separated; "" for none).
+    #[arg(long, value_delimiter = ',', default_value = "sst2:subj,mr:cr")]
+    pairs: Vec<String>,
+    /// A JSON study configuration (several grids, analyses); replaces the grid and analysis flags.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The Markdown report (plots go to `plots/` beside it).
     #[arg(long, default_value = "docs/RESULTS.md")]
     report: PathBuf,
     /// All cells as JSON.
@@ -315,6 +330,9 @@ struct LocalizeArgs {
     /// Relative L1 strength (method l1).
     #[arg(long, default_value_t = 0.1)]
     l1_lambda: f64,
+    /// Adam learning rate of the re-fitted values (method refit).
+    #[arg(long, default_value_t = 1e-3)]
+    refit_lr: f64,
     /// Batch size for gradient accumulation.
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
@@ -682,6 +700,7 @@ fn cmd_localize(a: LocalizeArgs) -> Result<()> {
         lr: a.mask_lr,
         sigmoid_bias: a.sigmoid_bias,
         l1_lambda: a.l1_lambda,
+        refit_lr: a.refit_lr,
         batch_size: a.batch_size,
         seed: a.mask_seed,
         region: a.region.spec(),
@@ -1116,37 +1135,56 @@ fn cmd_serve(a: ServeArgs) -> Result<()> {
 
 fn cmd_study(a: StudyArgs) -> Result<()> {
     let base = a.model.load()?;
-    let cfg = crate::study::StudyConfig {
-        tasks: a.tasks,
-        seeds: a.seeds,
-        ks: a.ks,
-        heads: a.heads,
-        optimizers: a.optimizers,
-        methods: a.methods,
-        sparsities: a.sparsities,
-        steps: a.steps,
-        eval_every: a.eval_every,
-        epochs: a.epochs,
-        max_test: a.max_test,
-        cache_dir: a
-            .cache_dir
-            .unwrap_or_else(|| crate::home_dir().join("study")),
-        data_dir: a.data_dir.unwrap_or_else(data::data_dir_default),
+    let nonempty = |v: Vec<String>| v.into_iter().filter(|s| !s.trim().is_empty()).collect();
+    let mut cfg = match &a.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            serde_json::from_str::<crate::study::StudyConfig>(&text)
+                .with_context(|| format!("{} is not a valid study configuration", path.display()))?
+        }
+        None => crate::study::StudyConfig {
+            grids: vec![crate::study::GridSpec {
+                tasks: a.tasks,
+                seeds: a.seeds,
+                ks: a.ks,
+                heads: a.heads,
+                optimizers: a.optimizers,
+                methods: a.methods,
+                sparsities: a.sparsities,
+            }],
+            steps: a.steps,
+            eval_every: a.eval_every,
+            epochs: a.epochs,
+            max_test: a.max_test,
+            analysis: crate::study::AnalysisSpec {
+                method: a.analysis_method,
+                sparsity: a.analysis_sparsity,
+                ood: nonempty(a.ood),
+                pairs: nonempty(a.pairs),
+            },
+            cache_dir: PathBuf::new(),
+            data_dir: PathBuf::new(),
+        },
     };
+    cfg.cache_dir = a
+        .cache_dir
+        .unwrap_or_else(|| crate::home_dir().join("study"));
+    cfg.data_dir = a.data_dir.unwrap_or_else(data::data_dir_default);
     let command = std::iter::once("skillgraft".to_string())
         .chain(std::env::args().skip(1))
         .collect::<Vec<_>>()
         .join(" ");
-    let cells = crate::study::run(&base, &cfg)?;
-    crate::study::write(&cells, &command, &a.report, &a.results_json)?;
+    let results = crate::study::run(&base, &cfg)?;
+    crate::study::write(&results, &command, &a.report, &a.results_json)?;
     if a.model.json {
         print_json(
-            &serde_json::json!({"cells": cells.len(), "report": a.report, "results": a.results_json}),
+            &serde_json::json!({"cells": results.cells.len(), "report": a.report, "results": a.results_json}),
         )
     } else {
         println!(
             "{} cells; report written to {}",
-            cells.len(),
+            results.cells.len(),
             a.report.display()
         );
         Ok(())

@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 pub enum Variant<'a> {
     /// θ_pre + mask ⊙ Δ (sorted flat region indices; empty = base + head).
     Mask(&'a [u32]),
+    /// θ_pre with the masked coordinates set to the given values (aligned with the mask).
+    Values(&'a [u32], &'a [f32]),
     /// θ_ft.
     Finetuned,
 }
@@ -40,6 +42,7 @@ impl GraftableModel {
     pub fn set_variant(&self, v: Variant<'_>) -> Result<()> {
         match v {
             Variant::Mask(m) => self.set_mask(m),
+            Variant::Values(m, v) => self.set_values(m, v),
             Variant::Finetuned => self.set_finetuned(),
         }
     }
@@ -65,7 +68,7 @@ pub fn evaluate_variants(
         out.push(VariantReport {
             name: name.clone(),
             size: match v {
-                Variant::Mask(m) => m.len(),
+                Variant::Mask(m) | Variant::Values(m, _) => m.len(),
                 Variant::Finetuned => model.region.len(),
             },
             train_accuracy,

@@ -91,7 +91,13 @@ impl LocalizationJob<'_> {
             &[
                 ("base+head".to_string(), Variant::Mask(&[])),
                 ("base patch".to_string(), Variant::Mask(&loc.base_patch)),
-                ("graft".to_string(), Variant::Mask(&loc.mask)),
+                (
+                    "graft".to_string(),
+                    match &loc.values {
+                        Some(v) => Variant::Values(&loc.mask, v),
+                        None => Variant::Mask(&loc.mask),
+                    },
+                ),
                 ("fine-tuned".to_string(), Variant::Finetuned),
             ],
             self.bins,
@@ -134,7 +140,16 @@ impl LocalizationJob<'_> {
         };
         let graft = Graft {
             manifest,
-            entries: entries_from_mask(&model.region, &loc.mask, &model.ft),
+            entries: match &loc.values {
+                Some(v) => {
+                    let mut source = model.ft.clone();
+                    for (&i, &x) in loc.mask.iter().zip(v) {
+                        source[i as usize] = x;
+                    }
+                    entries_from_mask(&model.region, &loc.mask, &source)
+                }
+                None => entries_from_mask(&model.region, &loc.mask, &model.ft),
+            },
             head: head_values,
         };
         graft.validate()?;

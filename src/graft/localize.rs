@@ -1,5 +1,6 @@
 //! Localization: finding the graft (GRAFTING.md, exactly), plus the magnitude baseline, an L1-regularized
-//! variant (Localize-and-Stitch style) and first-order saliency, all at the same graft budget.
+//! variant (Localize-and-Stitch style), first-order saliency and `refit` (the base patch with its values
+//! re-trained on the task, as in lottery-ticket sparse fine-tuning), all at the same graft budget.
 //!
 //! Everything runs on flat buffers aligned with the region's tensors: θ_pre, Δ = θ_ft − θ_pre, the mask
 //! logits S and the accumulated gradient. Only region tensors are variables, so only they get gradients.
@@ -29,6 +30,9 @@ pub enum Method {
     L1,
     /// Top-k of |Σ_batches ∇L ⊙ Δ| at the fine-tuned point (first-order saliency).
     Saliency,
+    /// The base patch's coordinates with their values re-trained (Adam, only those coordinates move,
+    /// starting from the fine-tuned values); the epoch with the best train + dev accuracy is kept.
+    Refit,
 }
 
 impl Method {
@@ -39,6 +43,7 @@ impl Method {
             Method::Paper => "paper",
             Method::L1 => "l1",
             Method::Saliency => "saliency",
+            Method::Refit => "refit",
         }
     }
 }
@@ -58,6 +63,9 @@ pub struct LocalizeOptions {
     pub sigmoid_bias: f64,
     /// L1 strength for the `l1` method, relative to the mean |gradient| of the first epoch.
     pub l1_lambda: f64,
+    /// Adam learning rate of the `refit` method.
+    #[serde(default = "default_refit_lr")]
+    pub refit_lr: f64,
     /// Examples per batch when accumulating gradients.
     pub batch_size: usize,
     /// Seed of the mask-logit initialisation.
@@ -75,11 +83,16 @@ impl Default for LocalizeOptions {
             lr: 1e7,
             sigmoid_bias: 10.0,
             l1_lambda: 0.1,
+            refit_lr: default_refit_lr(),
             batch_size: 8,
             seed: 0,
             region: RegionSpec::default(),
         }
     }
+}
+
+fn default_refit_lr() -> f64 {
+    1e-3
 }
 
 /// One epoch of mask optimization (epoch 0 = the starting mask).
@@ -185,6 +198,51 @@ impl GraftableModel {
         Ok(())
     }
 
+    /// Sets the model to θ_pre with the masked coordinates set to `values` (aligned with `mask`).
+    pub fn set_values(&self, mask: &[u32], values: &[f32]) -> Result<()> {
+        if mask.len() != values.len() {
+            bail!(
+                "internal: {} values for a mask of {}",
+                values.len(),
+                mask.len()
+            );
+        }
+        let mut cursor = 0usize;
+        for (t, var) in self.inst.params.vars.iter().enumerate() {
+            let (o, end) = (self.region.offsets[t], self.region.offsets[t + 1]);
+            let start = cursor;
+            while cursor < mask.len() && (mask[cursor] as usize) < end {
+                cursor += 1;
+            }
+            write_cpu_f32(var.as_tensor(), |w| {
+                w.copy_from_slice(&self.pre[o..end]);
+                for j in start..cursor {
+                    w[mask[j] as usize - o] = values[j];
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Calls `visit(offset, gradient)` for each region tensor's gradient of one batch's mean loss; returns
+    /// the loss.
+    fn visit_gradient(
+        &self,
+        texts: &[TextInput],
+        labels: &[usize],
+        visit: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<f64> {
+        let loss = self.inst.batch_loss(texts, labels)?;
+        let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let grads = loss.backward()?;
+        let g = self.inst.params.gradients(&grads)?;
+        for (t, gt) in g.iter().enumerate() {
+            let o = self.region.offsets[t];
+            with_cpu_slice::<f32, _>(gt, |gs| visit(o, gs))?;
+        }
+        Ok(value)
+    }
+
     /// Sets the model to the fine-tuned point (bit for bit).
     pub fn set_finetuned(&self) -> Result<()> {
         for (t, var) in self.inst.params.vars.iter().enumerate() {
@@ -202,20 +260,31 @@ impl GraftableModel {
         let mut acc = vec![0f32; self.region.len()];
         let mut loss_sum = 0.0;
         for (texts, labels) in batches {
-            let loss = self.inst.batch_loss(texts, labels)?;
-            loss_sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            let grads = loss.backward()?;
-            let g = self.inst.params.gradients(&grads)?;
-            for (t, gt) in g.iter().enumerate() {
-                let o = self.region.offsets[t];
-                with_cpu_slice::<f32, _>(gt, |gs| {
-                    for (j, &v) in gs.iter().enumerate() {
-                        acc[o + j] += v * self.delta[o + j];
-                    }
-                })?;
-            }
+            loss_sum += self.visit_gradient(texts, labels, &mut |o, gs| {
+                for (j, &v) in gs.iter().enumerate() {
+                    acc[o + j] += v * self.delta[o + j];
+                }
+            })?;
         }
         Ok((acc, loss_sum / batches.len().max(1) as f64))
+    }
+
+    /// The gradient of one batch's mean loss at the masked coordinates (aligned with `mask`), and the loss.
+    pub fn masked_gradient(
+        &self,
+        texts: &[TextInput],
+        labels: &[usize],
+        mask: &[u32],
+    ) -> Result<(Vec<f32>, f64)> {
+        let mut out = vec![0f32; mask.len()];
+        let loss = self.visit_gradient(texts, labels, &mut |o, gs| {
+            let lo = mask.partition_point(|&i| (i as usize) < o);
+            let hi = mask.partition_point(|&i| (i as usize) < o + gs.len());
+            for j in lo..hi {
+                out[j] = gs[mask[j] as usize - o];
+            }
+        })?;
+        Ok((out, loss))
     }
 
     /// An error when the job was cancelled.
@@ -275,6 +344,8 @@ pub fn budget(sparsity: f64, region_len: usize) -> usize {
 pub struct Localization {
     /// The graft (sorted flat region indices).
     pub mask: Vec<u32>,
+    /// The grafted values, aligned with `mask`, when they differ from the fine-tuned values (`refit`).
+    pub values: Option<Vec<f32>>,
     /// The base patch (top-|Δ|) at the same budget.
     pub base_patch: Vec<u32>,
     /// Per-epoch progress (empty for one-shot methods).
@@ -355,10 +426,56 @@ pub fn localize(
             history.push(r.clone());
             Ok((tr + dv, r))
         };
+    let mut values = None;
     let (mask, best_epoch) = match opts.method {
         Method::Magnitude => {
             evaluate(0, &base_patch, f64::NAN, Instant::now())?;
             (base_patch.clone(), 0)
+        }
+        Method::Refit => {
+            let (mut best_score, _) = evaluate(0, &base_patch, f64::NAN, Instant::now())?;
+            let mut v: Vec<f32> = base_patch.iter().map(|&i| model.ft[i as usize]).collect();
+            let mut best: Option<(Vec<f32>, usize)> = None;
+            let (b1, b2, eps, lr) = (0.9f32, 0.999f32, 1e-8f32, opts.refit_lr as f32);
+            let (mut m1, mut m2) = (vec![0f32; k], vec![0f32; k]);
+            let mut step = 0i32;
+            for epoch in 1..=opts.epochs {
+                let t0 = Instant::now();
+                let mut loss_sum = 0.0;
+                for (texts, labels) in &train_batches {
+                    model.check_cancelled()?;
+                    model.set_values(&base_patch, &v)?;
+                    let (g, loss) = model.masked_gradient(texts, labels, &base_patch)?;
+                    loss_sum += loss;
+                    step += 1;
+                    let (c1, c2) = (1.0 - b1.powi(step), 1.0 - b2.powi(step));
+                    for j in 0..k {
+                        m1[j] = b1 * m1[j] + (1.0 - b1) * g[j];
+                        m2[j] = b2 * m2[j] + (1.0 - b2) * g[j] * g[j];
+                        v[j] -= lr * (m1[j] / c1) / ((m2[j] / c2).sqrt() + eps);
+                    }
+                }
+                model.set_values(&base_patch, &v)?;
+                let (tr, dv) = model.accuracies(split)?;
+                let r = EpochReport {
+                    epoch,
+                    mask_size: k,
+                    flips: 0,
+                    train_accuracy: tr,
+                    dev_accuracy: dv,
+                    loss: loss_sum / train_batches.len().max(1) as f64,
+                    seconds: t0.elapsed().as_secs_f64(),
+                };
+                progress(Progress::Epoch(r.clone()));
+                history.push(r);
+                if tr + dv > best_score {
+                    best_score = tr + dv;
+                    best = Some((v.clone(), epoch));
+                }
+            }
+            let epoch = best.as_ref().map_or(0, |b| b.1);
+            values = best.map(|b| b.0);
+            (base_patch.clone(), epoch)
         }
         Method::Saliency => {
             let t0 = Instant::now();
@@ -441,6 +558,7 @@ pub fn localize(
     };
     Ok(Localization {
         mask,
+        values,
         base_patch,
         history,
         best_epoch,

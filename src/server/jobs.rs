@@ -68,7 +68,7 @@ pub struct LocalizationRequest {
     /// Cap on test examples (built-in data).
     #[serde(default)]
     pub max_test: Option<usize>,
-    /// Method: paper, magnitude, l1, saliency.
+    /// Method: paper, magnitude, l1, saliency, or refit (the base patch with re-trained values).
     #[serde(default = "default_method")]
     #[schema(value_type = String)]
     pub method: Method,
