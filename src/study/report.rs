@@ -671,6 +671,7 @@ Best mean in bold. The last rows average the per-task means.\n");
             svg::heatmaps(
                 &format!("Overlap of grafts ({} at {})", am.name(), sp(asp)),
                 &panels,
+                2,
             ),
         ));
         let _ = writeln!(out, "\n![overlap heatmap]({plots_rel}/overlap.svg)\n");
@@ -712,6 +713,7 @@ Best mean in bold. The last rows average the per-task means.\n");
                     sp(asp)
                 ),
                 &panels,
+                2,
             ),
         ));
         let _ = writeln!(

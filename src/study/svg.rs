@@ -57,16 +57,20 @@ const CELL_W: f64 = 64.0;
 const CELL_H: f64 = 26.0;
 const FONT: &str = "font-family=\"Helvetica,Arial,sans-serif\"";
 
-/// Heatmap panels side by side under one title.
-pub fn heatmaps(title: &str, panels: &[Heatmap]) -> String {
+/// Heatmap panels under one title, side by side, at most `per_row` to a row.
+pub fn heatmaps(title: &str, panels: &[Heatmap], per_row: usize) -> String {
     let row_label_w = 120.0;
-    let top = 60.0;
     let col_label_h = 70.0;
     let gap = 40.0;
     let mut x0 = 10.0;
+    let mut top = 60.0;
     let mut body = String::new();
-    let mut height: f64 = 0.0;
-    for p in panels {
+    let (mut height, mut width): (f64, f64) = (0.0, 300.0);
+    for (n, p) in panels.iter().enumerate() {
+        if n > 0 && n % per_row.max(1) == 0 {
+            x0 = 10.0;
+            top = height + 40.0;
+        }
         let max = p
             .values
             .iter()
@@ -74,6 +78,14 @@ pub fn heatmaps(title: &str, panels: &[Heatmap]) -> String {
             .copied()
             .filter(|v| v.is_finite())
             .fold(0.0, f64::max);
+        let widest = p
+            .labels
+            .iter()
+            .flatten()
+            .map(|l| l.chars().count())
+            .max()
+            .unwrap_or(0);
+        let cell_w = CELL_W.max(widest as f64 * 6.2 + 10.0);
         let gx = x0 + row_label_w;
         let gy = top + col_label_h;
         let _ = writeln!(
@@ -84,7 +96,7 @@ pub fn heatmaps(title: &str, panels: &[Heatmap]) -> String {
             escape(&p.title)
         );
         for (j, c) in p.cols.iter().enumerate() {
-            let cx = gx + (j as f64 + 0.5) * CELL_W;
+            let cx = gx + (j as f64 + 0.5) * cell_w;
             let _ = writeln!(
                 body,
                 "<text x=\"{cx:.1}\" y=\"{:.1}\" font-size=\"11\" {FONT} transform=\"rotate(-35 {cx:.1} {:.1})\">{}</text>",
@@ -110,10 +122,10 @@ pub fn heatmaps(title: &str, panels: &[Heatmap]) -> String {
                     .copied()
                     .unwrap_or(f64::NAN);
                 let t = if max > 0.0 { v / max } else { 0.0 };
-                let cx = gx + j as f64 * CELL_W;
+                let cx = gx + j as f64 * cell_w;
                 let _ = writeln!(
                     body,
-                    "<rect x=\"{cx:.1}\" y=\"{cy:.1}\" width=\"{CELL_W}\" height=\"{CELL_H}\" fill=\"{}\" stroke=\"#ffffff\"/>",
+                    "<rect x=\"{cx:.1}\" y=\"{cy:.1}\" width=\"{cell_w:.1}\" height=\"{CELL_H}\" fill=\"{}\" stroke=\"#ffffff\"/>",
                     color(t)
                 );
                 let label = p
@@ -126,16 +138,16 @@ pub fn heatmaps(title: &str, panels: &[Heatmap]) -> String {
                 let _ = writeln!(
                     body,
                     "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\" text-anchor=\"middle\" fill=\"{ink}\" {FONT}>{}</text>",
-                    cx + CELL_W / 2.0,
+                    cx + cell_w / 2.0,
                     cy + CELL_H * 0.65,
                     escape(&label)
                 );
             }
         }
         height = height.max(gy + p.rows.len() as f64 * CELL_H + 20.0);
-        x0 = gx + p.cols.len() as f64 * CELL_W + gap;
+        x0 = gx + p.cols.len() as f64 * cell_w + gap;
+        width = width.max(x0);
     }
-    let width = x0.max(300.0);
     format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width:.0}\" height=\"{height:.0}\" viewBox=\"0 0 {width:.0} {height:.0}\">\n<rect width=\"100%\" height=\"100%\" fill=\"#ffffff\"/>\n<text x=\"10\" y=\"22\" font-size=\"16\" font-weight=\"bold\" {FONT}>{}</text>\n{body}</svg>\n",
         escape(title)
@@ -268,6 +280,7 @@ mod tests {
                 values: vec![vec![0.0, 0.5, 1.0], vec![f64::NAN, 0.2, 0.1]],
                 labels: vec![vec!["0".into(); 3], vec!["x".into(); 3]],
             }],
+            2,
         );
         assert!(balanced(&svg));
         assert_eq!(svg.matches("<rect x=").count(), 6);
