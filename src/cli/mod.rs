@@ -122,6 +122,9 @@ struct StudyArgs {
     /// A JSON study configuration (several grids, analyses); replaces the grid and analysis flags.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Write the report from what the cache already holds; train and localize nothing.
+    #[arg(long)]
+    cached_only: bool,
     /// The Markdown report (plots go to `plots/` beside it).
     #[arg(long, default_value = "docs/RESULTS.md")]
     report: PathBuf,
@@ -1175,7 +1178,7 @@ fn cmd_study(a: StudyArgs) -> Result<()> {
         .chain(std::env::args().skip(1))
         .collect::<Vec<_>>()
         .join(" ");
-    let results = crate::study::run(&base, &cfg)?;
+    let results = crate::study::run(&base, &cfg, a.cached_only)?;
     crate::study::write(&results, &command, &a.report, &a.results_json)?;
     if a.model.json {
         print_json(

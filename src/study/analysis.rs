@@ -1,7 +1,7 @@
 //! The analyses behind the paper's claims, run on the primary fine-tunes' grafts: out-of-distribution
 //! transfer, overlap and placement of grafts, composition against sequential fine-tuning.
 
-use super::{parse_pair, Cell, FinetuneId, Study};
+use super::{parse_pair, Cell, FinetuneId, NotCached, Study};
 use crate::graft::evaluate::{evaluate_variants, Variant, VariantReport};
 use crate::graft::localize::{top_k, GraftableModel};
 use crate::graft::overlap::{compose, overlap, ConflictRule};
@@ -167,8 +167,8 @@ impl Study<'_> {
             if s_spec.labels != t_spec.labels {
                 bail!("out-of-distribution pair {source}:{target}: the label sets differ ({:?} vs {:?})", s_spec.labels, t_spec.labels);
             }
-            eprintln!("[study] out-of-distribution {source} → {target}, seed {seed}");
             let graft = self.analysed_graft(&id)?;
+            eprintln!("[study] out-of-distribution {source} → {target}, seed {seed}");
             let ft = self.load_finetuned(&id)?;
             let model = graftable(self, &ft, &ft.model.weights.tensors, &graft)?;
             let (mask, values) = point(&graft.entries, &model.region)?;
@@ -356,6 +356,15 @@ impl Study<'_> {
     }
 }
 
+/// Keeps a result; in `cached_only` mode a cache miss is skipped instead of failing.
+fn keep<T>(study: &Study, r: Result<T>) -> Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if study.cached_only && e.chain().any(|c| c.is::<NotCached>()) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Runs the analyses the configuration asks for, on the primary fine-tunes of the first grid.
 pub(super) fn run(study: &Study, _cells: &[Cell]) -> Result<Analyses> {
     let g = &study.cfg.grids[0];
@@ -364,28 +373,28 @@ pub(super) fn run(study: &Study, _cells: &[Cell]) -> Result<Analyses> {
     for p in &study.cfg.analysis.ood {
         let (s, t) = parse_pair(p)?;
         for &seed in seeds {
-            out.ood.push(
-                study
-                    .ood_row(&s, &t, seed)
-                    .with_context(|| format!("out-of-distribution {p}"))?,
-            );
+            let row = study
+                .ood_row(&s, &t, seed)
+                .with_context(|| format!("out-of-distribution {p}"));
+            out.ood.extend(keep(study, row)?);
         }
     }
     if !g.tasks.is_empty() && !seeds.is_empty() {
-        let (summary, placement) = study.overlap_summary(&g.tasks, seeds)?;
-        if g.tasks.len() > 1 {
-            out.overlap = Some(summary);
+        if let Some((summary, placement)) = keep(study, study.overlap_summary(&g.tasks, seeds))? {
+            if g.tasks.len() > 1 {
+                out.overlap = Some(summary);
+            }
+            out.placement = placement;
         }
-        out.placement = placement;
     }
     for p in &study.cfg.analysis.pairs {
         let (a, b) = parse_pair(p)?;
         for &seed in seeds {
-            out.composition.extend(
-                study
-                    .composition(&a, &b, seed)
-                    .with_context(|| format!("composition {p}"))?,
-            );
+            let rows = study
+                .composition(&a, &b, seed)
+                .with_context(|| format!("composition {p}"));
+            out.composition
+                .extend(keep(study, rows)?.unwrap_or_default());
         }
     }
     Ok(out)

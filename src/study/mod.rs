@@ -203,7 +203,14 @@ pub struct Study<'a> {
     data: BTreeMap<String, (TaskSpec, TaskData)>,
     finetune_seconds: Counter<f64>,
     finetunes: Counter<usize>,
+    /// Report only what the cache holds: train and localize nothing.
+    pub cached_only: bool,
 }
+
+/// The error of a cache miss in `cached_only` mode.
+#[derive(Debug, thiserror::Error)]
+#[error("not in the cache: {0}")]
+pub struct NotCached(pub String);
 
 impl<'a> Study<'a> {
     /// Loads every data set the study names (grids, OOD targets, pairs); fails early on unknown tasks.
@@ -236,6 +243,7 @@ impl<'a> Study<'a> {
             data,
             finetune_seconds: Counter::new(0.0),
             finetunes: Counter::new(0),
+            cached_only: false,
         })
     }
 
@@ -285,6 +293,9 @@ impl<'a> Study<'a> {
     ) -> Result<()> {
         if dir.join("model.safetensors").is_file() {
             return Ok(());
+        }
+        if self.cached_only {
+            return Err(NotCached(label.to_string()).into());
         }
         let t0 = Instant::now();
         eprintln!("[study] fine-tune {label}");
@@ -400,6 +411,9 @@ impl<'a> Study<'a> {
                 }
             }
         }
+        if self.cached_only {
+            return Err(NotCached(key).into());
+        }
         let ft_dir = self.finetuned_dir(id)?;
         let ft = self.load_dir(&ft_dir, &id.task)?;
         let (task, _) = self.task(&id.task)?;
@@ -509,7 +523,10 @@ impl<'a> Study<'a> {
         let (mut done, mut computed, mut spent) = (0usize, 0usize, 0f64);
         let mut cells = Vec::new();
         for (id, method, sp) in &ids {
-            let (cell, fresh) = self.cell(id, *method, *sp, false)?;
+            let (cell, fresh) = match self.cell(id, *method, *sp, false) {
+                Err(e) if e.is::<NotCached>() => continue,
+                other => other?,
+            };
             done += 1;
             if fresh {
                 computed += 1;
@@ -531,9 +548,10 @@ impl<'a> Study<'a> {
     }
 }
 
-/// Runs the grids and the analyses.
-pub fn run(base: &BaseModel, cfg: &StudyConfig) -> Result<StudyResults> {
-    let study = Study::new(base, cfg)?;
+/// Runs the grids and the analyses; with `cached_only`, reports what the cache holds and computes nothing.
+pub fn run(base: &BaseModel, cfg: &StudyConfig, cached_only: bool) -> Result<StudyResults> {
+    let mut study = Study::new(base, cfg)?;
+    study.cached_only = cached_only;
     let cells = study.run_grids()?;
     let analyses = analysis::run(&study, &cells)?;
     Ok(StudyResults {
