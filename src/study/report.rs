@@ -854,3 +854,122 @@ fine-tuning the result on b (task a keeps its own head). Test accuracy (%) of ea
     }
     Ok((out, plots))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graft::evaluate::VariantReport;
+    use crate::graft::localize::Method;
+    use crate::metrics::evaluate_probs;
+    use crate::model::HeadKind;
+    use crate::study::{AnalysisSpec, GridSpec, StudyConfig};
+
+    /// A variant whose test accuracy is `acc` on 10 examples, with confidence 0.9 on every prediction.
+    fn variant(name: &str, acc: f64) -> VariantReport {
+        let right = (acc * 10.0).round() as usize;
+        let labels = vec![0usize; 10];
+        let probs: Vec<Vec<f64>> = (0..10)
+            .map(|i| {
+                if i < right {
+                    vec![0.9, 0.1]
+                } else {
+                    vec![0.1, 0.9]
+                }
+            })
+            .collect();
+        let test = evaluate_probs(&probs, &labels, 10).unwrap();
+        VariantReport {
+            name: name.into(),
+            size: 1,
+            train_accuracy: 1.0,
+            dev_accuracy: 1.0,
+            test: test.clone(),
+            temperature: 1.0,
+            test_calibrated: test,
+        }
+    }
+
+    fn cell(task: &str, seed: u64, method: Method, accs: [f64; 4]) -> Cell {
+        Cell {
+            task: task.into(),
+            seed,
+            k: 16,
+            head: HeadKind::Prototype,
+            optimizer: "sgd".into(),
+            method,
+            sparsity: 1e-4,
+            graft_size: 100,
+            variants: ["base+head", "base patch", "graft", "fine-tuned"]
+                .iter()
+                .zip(accs)
+                .map(|(n, a)| variant(n, a))
+                .collect(),
+            seconds: 1.0,
+        }
+    }
+
+    #[test]
+    fn report_aggregates_seeds_and_states_claims_from_the_numbers() {
+        let cells = vec![
+            cell("sst2", 1, Method::Paper, [0.5, 0.7, 0.7, 0.9]),
+            cell("sst2", 2, Method::Paper, [0.5, 0.6, 0.6, 0.7]),
+            cell("sst2", 1, Method::Refit, [0.5, 0.7, 0.8, 0.9]),
+            cell("sst2", 2, Method::Refit, [0.5, 0.6, 0.7, 0.7]),
+        ];
+        let results = StudyResults {
+            base: "tiny".into(),
+            config: StudyConfig {
+                grids: vec![GridSpec {
+                    tasks: vec!["sst2".into()],
+                    seeds: vec![1, 2],
+                    ks: vec![16],
+                    heads: vec![HeadKind::Prototype],
+                    optimizers: vec!["sgd".into()],
+                    methods: vec![Method::Paper, Method::Refit],
+                    sparsities: vec![1e-4],
+                }],
+                steps: 1,
+                eval_every: 1,
+                epochs: 1,
+                max_test: None,
+                analysis: AnalysisSpec {
+                    method: Method::Paper,
+                    sparsity: 1e-4,
+                    ood: vec![],
+                    pairs: vec![],
+                },
+                cache_dir: Default::default(),
+                data_dir: Default::default(),
+            },
+            cells,
+            analyses: Default::default(),
+        };
+        let (text, plots) = render(&results, "skillgraft study --x", "plots").unwrap();
+        assert!(text.contains("skillgraft study --x"));
+        // Paper: graft 0.7 / 0.6 → 65.0 ± 7.1; gap (0.2/0.4, 0.1/0.2) = 50% both; retained 0.7/0.9, 0.6/0.7.
+        assert!(
+            text.contains("| sst2 | paper | 1e-4 | 2 | 100 | 50.0 ± 0.0 | 65.0 ± 7.1 | 65.0 ± 7.1 | 80.0 ± 14.1 | 81.7 ± 5.6 | 50.0 ± 0.0 |"),
+            "{text}"
+        );
+        // Refit: gaps 75% and 100%.
+        assert!(
+            text.contains("| sst2 | 1e-4 | 2 | 50.0 ± 0.0 | **87.5 ± 17.7** |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("higher test accuracy in 2 of 2 runs, gap recovered +38 points"),
+            "{text}"
+        );
+        // Retained 81.7% < 95%: the first claim does not hold here.
+        assert!(
+            text.contains("keeps > 95% of the fine-tuned accuracy* — **does not hold**"),
+            "{text}"
+        );
+        // Confidence 0.9 everywhere: ECE = |0.9 − accuracy|, 10.0 fine-tuned vs 25.0 graft: worse, not better.
+        assert!(
+            text.contains("**does not hold** (paper graft at 1e-4)"),
+            "{text}"
+        );
+        assert_eq!(plots.len(), 1, "a reliability diagram");
+    }
+}
