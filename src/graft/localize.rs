@@ -179,23 +179,7 @@ impl GraftableModel {
     /// Sets the model to θ_pre + mask ⊙ Δ (mask = sorted flat indices), exactly: grafted entries take the
     /// fine-tuned value bit for bit, the others the base value.
     pub fn set_mask(&self, mask: &[u32]) -> Result<()> {
-        let mut cursor = 0usize;
-        for (t, var) in self.inst.params.vars.iter().enumerate() {
-            let (o, end) = (self.region.offsets[t], self.region.offsets[t + 1]);
-            let start = cursor;
-            while cursor < mask.len() && (mask[cursor] as usize) < end {
-                cursor += 1;
-            }
-            let here = &mask[start..cursor];
-            write_cpu_f32(var.as_tensor(), |w| {
-                w.copy_from_slice(&self.pre[o..end]);
-                for &i in here {
-                    let i = i as usize;
-                    w[i - o] = self.ft[i];
-                }
-            })?;
-        }
-        Ok(())
+        self.write_masked(mask, |j| self.ft[mask[j] as usize])
     }
 
     /// Sets the model to θ_pre with the masked coordinates set to `values` (aligned with `mask`).
@@ -207,6 +191,11 @@ impl GraftableModel {
                 mask.len()
             );
         }
+        self.write_masked(mask, |j| values[j])
+    }
+
+    /// Writes θ_pre everywhere and `value(j)` at `mask[j]` (sorted flat indices).
+    fn write_masked(&self, mask: &[u32], value: impl Fn(usize) -> f32) -> Result<()> {
         let mut cursor = 0usize;
         for (t, var) in self.inst.params.vars.iter().enumerate() {
             let (o, end) = (self.region.offsets[t], self.region.offsets[t + 1]);
@@ -217,7 +206,7 @@ impl GraftableModel {
             write_cpu_f32(var.as_tensor(), |w| {
                 w.copy_from_slice(&self.pre[o..end]);
                 for j in start..cursor {
-                    w[mask[j] as usize - o] = values[j];
+                    w[mask[j] as usize - o] = value(j);
                 }
             })?;
         }

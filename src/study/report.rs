@@ -66,6 +66,23 @@ fn collect(cells: &[&Cell], f: impl Fn(&Cell) -> f64) -> Vec<f64> {
     cells.iter().map(|c| f(c)).collect()
 }
 
+/// base+head, base patch, graft, fine-tuned accuracy, retained, gap recovered, ECE fine-tuned, ECE graft.
+fn summary_cells(cs: &[&Cell]) -> String {
+    [
+        pct(&collect(cs, |c| c.accuracy("base+head"))),
+        pct(&collect(cs, |c| c.accuracy("base patch"))),
+        pct(&collect(cs, |c| c.accuracy("graft"))),
+        pct(&collect(cs, |c| c.accuracy("fine-tuned"))),
+        pct(&collect(cs, |c| {
+            c.accuracy("graft") / c.accuracy("fine-tuned")
+        })),
+        pct(&collect(cs, |c| gap(c, "graft"))),
+        pct(&collect(cs, |c| ece(c, "fine-tuned", false))),
+        pct(&collect(cs, |c| ece(c, "graft", false))),
+    ]
+    .join(" | ")
+}
+
 fn by_task<'a>(cells: &[&'a Cell], t: &str) -> Vec<&'a Cell> {
     cells.iter().copied().filter(|c| c.task == t).collect()
 }
@@ -391,16 +408,9 @@ vs {:.1} points after sequential full fine-tuning (mean over pairs and seeds).",
         let size = mean(&collect(cs, |c| c.graft_size as f64));
         let _ = writeln!(
             out,
-            "| {task} | {method} | {s} | {} | {size:.0} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {task} | {method} | {s} | {} | {size:.0} | {} |",
             cs.len(),
-            pct(&collect(cs, |c| c.accuracy("base+head"))),
-            pct(&collect(cs, |c| c.accuracy("base patch"))),
-            pct(&collect(cs, |c| c.accuracy("graft"))),
-            pct(&collect(cs, |c| c.accuracy("fine-tuned"))),
-            pct(&collect(cs, |c| c.accuracy("graft") / c.accuracy("fine-tuned"))),
-            pct(&collect(cs, |c| gap(c, "graft"))),
-            pct(&collect(cs, |c| ece(c, "fine-tuned", false))),
-            pct(&collect(cs, |c| ece(c, "graft", false))),
+            summary_cells(cs)
         );
     }
     let _ = writeln!(out);
@@ -838,16 +848,9 @@ fine-tuning the result on b (task a keeps its own head). Test accuracy (%) of ea
         for ((task, k, head, opt, s, method), cs) in &groups {
             let _ = writeln!(
                 out,
-                "| {task} | {k} | {head} | {opt} | {method} | {s} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {task} | {k} | {head} | {opt} | {method} | {s} | {} | {} |",
                 cs.len(),
-                pct(&collect(cs, |c| c.accuracy("base+head"))),
-                pct(&collect(cs, |c| c.accuracy("base patch"))),
-                pct(&collect(cs, |c| c.accuracy("graft"))),
-                pct(&collect(cs, |c| c.accuracy("fine-tuned"))),
-                pct(&collect(cs, |c| c.accuracy("graft") / c.accuracy("fine-tuned"))),
-                pct(&collect(cs, |c| gap(c, "graft"))),
-                pct(&collect(cs, |c| ece(c, "fine-tuned", false))),
-                pct(&collect(cs, |c| ece(c, "graft", false))),
+                summary_cells(cs)
             );
         }
         let _ = writeln!(out);
