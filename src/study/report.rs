@@ -344,7 +344,8 @@ vs {:.1} points after sequential full fine-tuning (mean over pairs and seeds).",
     }
     {
         use crate::graft::localize::Method;
-        let mut by_sp: BTreeMap<(usize, String), (usize, usize, Vec<f64>)> = BTreeMap::new();
+        let mut by_sp: BTreeMap<(usize, String, String), (usize, usize, Vec<f64>)> =
+            BTreeMap::new();
         for c in r.cells.iter().filter(|c| c.method == Method::Refit) {
             let Some(p) = r.cells.iter().find(|p| {
                 p.method == Method::Paper
@@ -358,7 +359,9 @@ vs {:.1} points after sequential full fine-tuning (mean over pairs and seeds).",
                 continue;
             };
             let d = gap(c, "graft") - gap(p, "graft");
-            let e = by_sp.entry((c.k, sp(c.sparsity))).or_default();
+            let e = by_sp
+                .entry((c.k, c.optimizer.clone(), sp(c.sparsity)))
+                .or_default();
             e.1 += 1;
             if c.accuracy("graft") > p.accuracy("graft") {
                 e.0 += 1;
@@ -375,8 +378,8 @@ vs {:.1} points after sequential full fine-tuning (mean over pairs and seeds).",
                 verdict(all_better, by_sp.values().any(|v| mean(&v.2) > 0.0)),
                 by_sp
                     .iter()
-                    .map(|((k, s), (wins, n, d))| format!(
-                        "K = {k} at {s}: higher test accuracy in {wins} of {n} runs, gap recovered {:+.0} points on average",
+                    .map(|((k, opt, s), (wins, n, d))| format!(
+                        "K = {k}, {opt} fine-tuning, at {s}: higher test accuracy in {wins} of {n} runs, gap recovered {:+.0} points on average",
                         mean(d) * 100.0
                     ))
                     .collect::<Vec<_>>()
