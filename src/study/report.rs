@@ -344,8 +344,9 @@ vs {:.1} points after sequential full fine-tuning (mean over pairs and seeds).",
     }
     {
         use crate::graft::localize::Method;
-        let mut by_sp: BTreeMap<(usize, String, String), (usize, usize, Vec<f64>)> =
-            BTreeMap::new();
+        // (K, optimizer, sparsity) → (refit wins, runs, gap-recovered differences).
+        type Tally = (usize, usize, Vec<f64>);
+        let mut by_sp: BTreeMap<(usize, String, String), Tally> = BTreeMap::new();
         for c in r.cells.iter().filter(|c| c.method == Method::Refit) {
             let Some(p) = r.cells.iter().find(|p| {
                 p.method == Method::Paper
