@@ -157,7 +157,7 @@ pub fn heatmaps(title: &str, panels: &[Heatmap], per_row: usize) -> String {
 /// Reliability diagrams, one panel per entry: accuracy against mean confidence per bin, with the diagonal.
 pub fn reliability(title: &str, panels: &[(String, Vec<ReliabilitySeries>)]) -> String {
     let size = 220.0;
-    let (left, top, gap) = (50.0, 60.0, 40.0);
+    let (left, top, gap) = (50.0, 72.0, 40.0);
     let mut body = String::new();
     for (k, (name, series)) in panels.iter().enumerate() {
         let x0 = left + k as f64 * (size + left + gap);
