@@ -83,7 +83,7 @@ struct StudyArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "magnitude,paper,l1,saliency"
+        default_value = "magnitude,paper,l1,saliency,refit"
     )]
     methods: Vec<Method>,
     /// Graft budgets.
