@@ -30,8 +30,9 @@ pub enum Method {
     L1,
     /// Top-k of |Σ_batches ∇L ⊙ Δ| at the fine-tuned point (first-order saliency).
     Saliency,
-    /// The base patch's coordinates with their values re-trained (Adam, only those coordinates move,
-    /// starting from the fine-tuned values); the epoch with the best train + dev accuracy is kept.
+    /// The base patch's coordinates with their values re-trained (Adam, at most 4 steps per epoch, only those
+    /// coordinates move, starting from the fine-tuned values); the epoch with the best train + dev accuracy is
+    /// kept.
     Refit,
 }
 
@@ -90,6 +91,10 @@ impl Default for LocalizeOptions {
         }
     }
 }
+
+/// Adam steps per epoch of `refit` (gradients averaged over equal groups of batches), so that its step budget
+/// does not grow with the training set.
+const REFIT_STEPS_PER_EPOCH: usize = 4;
 
 fn default_refit_lr() -> f64 {
     1e-3
@@ -431,11 +436,22 @@ pub fn localize(
             for epoch in 1..=opts.epochs {
                 let t0 = Instant::now();
                 let mut loss_sum = 0.0;
-                for (texts, labels) in &train_batches {
+                let group = train_batches.len().div_ceil(REFIT_STEPS_PER_EPOCH).max(1);
+                for chunk in train_batches.chunks(group) {
                     model.check_cancelled()?;
                     model.set_values(&base_patch, &v)?;
-                    let (g, loss) = model.masked_gradient(texts, labels, &base_patch)?;
-                    loss_sum += loss;
+                    let mut g = vec![0f32; k];
+                    for (texts, labels) in chunk {
+                        let (gb, loss) = model.masked_gradient(texts, labels, &base_patch)?;
+                        loss_sum += loss;
+                        for (a, b) in g.iter_mut().zip(&gb) {
+                            *a += b;
+                        }
+                    }
+                    let n = chunk.len() as f32;
+                    for x in g.iter_mut() {
+                        *x /= n;
+                    }
                     step += 1;
                     let (c1, c2) = (1.0 - b1.powi(step), 1.0 - b2.powi(step));
                     for j in 0..k {

@@ -156,7 +156,7 @@ capped at {} examples) by seed. Fine-tuning: {} steps, batch 4, best dev checkpo
 mean-pooled embeddings of one description per class, cosine / 0.05) and only the encoder layers train. Localization region: the encoder \
 layers ({} parameters per graft budget of 1). Methods: `magnitude` = top-|Δ| (the paper's base patch); `paper` = the paper's sigmoid-mask \
 optimization from the base patch ({} epochs, η = 1e7, β = 10); `saliency` = top |∇L ⊙ Δ| at the fine-tuned point; `l1` = mask \
-optimization with an L1 penalty; `refit` (ours) = the base patch's coordinates with their values re-trained by Adam on the training \
+optimization with an L1 penalty; `refit` (ours) = the base patch's coordinates with their values re-trained by Adam (at most 4 steps per epoch) on the training \
 split, epoch chosen by train + dev accuracy. Accuracy and ECE (10 bins) in %, mean ± std over seeds. Retained = graft / fine-tuned \
 accuracy; **gap recovered** = (graft − base+head) / (fine-tuned − base+head), the share of what fine-tuning added that the graft keeps.\n",
         cfg.max_test.map_or("no limit".to_string(), |m| m.to_string()),
