@@ -403,31 +403,40 @@ pub fn localize(
     let base_patch = top_k(&abs, k);
     let train_batches = batches(model, &split.train, opts.batch_size)?;
     let mut history = Vec::new();
-    let mut evaluate =
-        |epoch: usize, mask: &[u32], loss: f64, t0: Instant| -> Result<(f64, EpochReport)> {
-            model.set_mask(mask)?;
-            let (tr, dv) = model.accuracies(split)?;
-            let r = EpochReport {
-                epoch,
-                mask_size: mask.len(),
-                flips: flips(mask, &base_patch),
-                train_accuracy: tr,
-                dev_accuracy: dv,
-                loss,
-                seconds: t0.elapsed().as_secs_f64(),
-            };
-            progress(Progress::Epoch(r.clone()));
-            history.push(r.clone());
-            Ok((tr + dv, r))
+    // Sets the model to the mask (with `values` in place of the fine-tuned ones, when given), records the
+    // epoch and returns train + dev accuracy.
+    let mut evaluate = |epoch: usize,
+                        mask: &[u32],
+                        values: Option<&[f32]>,
+                        loss: f64,
+                        t0: Instant|
+     -> Result<(f64, EpochReport)> {
+        match values {
+            Some(v) => model.set_values(mask, v)?,
+            None => model.set_mask(mask)?,
+        }
+        let (tr, dv) = model.accuracies(split)?;
+        let r = EpochReport {
+            epoch,
+            mask_size: mask.len(),
+            flips: flips(mask, &base_patch),
+            train_accuracy: tr,
+            dev_accuracy: dv,
+            loss,
+            seconds: t0.elapsed().as_secs_f64(),
         };
+        progress(Progress::Epoch(r.clone()));
+        history.push(r.clone());
+        Ok((tr + dv, r))
+    };
     let mut values = None;
     let (mask, best_epoch) = match opts.method {
         Method::Magnitude => {
-            evaluate(0, &base_patch, f64::NAN, Instant::now())?;
+            evaluate(0, &base_patch, None, f64::NAN, Instant::now())?;
             (base_patch.clone(), 0)
         }
         Method::Refit => {
-            let (mut best_score, _) = evaluate(0, &base_patch, f64::NAN, Instant::now())?;
+            let (mut best_score, _) = evaluate(0, &base_patch, None, f64::NAN, Instant::now())?;
             let mut v: Vec<f32> = base_patch.iter().map(|&i| model.ft[i as usize]).collect();
             let mut best: Option<(Vec<f32>, usize)> = None;
             let (b1, b2, eps, lr) = (0.9f32, 0.999f32, 1e-8f32, opts.refit_lr as f32);
@@ -460,21 +469,10 @@ pub fn localize(
                         v[j] -= lr * (m1[j] / c1) / ((m2[j] / c2).sqrt() + eps);
                     }
                 }
-                model.set_values(&base_patch, &v)?;
-                let (tr, dv) = model.accuracies(split)?;
-                let r = EpochReport {
-                    epoch,
-                    mask_size: k,
-                    flips: 0,
-                    train_accuracy: tr,
-                    dev_accuracy: dv,
-                    loss: loss_sum / train_batches.len().max(1) as f64,
-                    seconds: t0.elapsed().as_secs_f64(),
-                };
-                progress(Progress::Epoch(r.clone()));
-                history.push(r);
-                if tr + dv > best_score {
-                    best_score = tr + dv;
+                let loss = loss_sum / train_batches.len().max(1) as f64;
+                let (score, _) = evaluate(epoch, &base_patch, Some(&v), loss, t0)?;
+                if score > best_score {
+                    best_score = score;
                     best = Some((v.clone(), epoch));
                 }
             }
@@ -488,7 +486,7 @@ pub fn localize(
             let (g, loss) = model.gradient_times_delta(&train_batches)?;
             let score: Vec<f32> = g.iter().map(|v| v.abs()).collect();
             let mask = top_k(&score, k);
-            evaluate(1, &mask, loss, t0)?;
+            evaluate(1, &mask, None, loss, t0)?;
             (mask, 1)
         }
         Method::Paper => {
@@ -505,7 +503,7 @@ pub fn localize(
                     .filter(|&i| in_b[i as usize] != (s[i as usize] > beta))
                     .collect()
             };
-            let (mut best_score, _) = evaluate(0, &base_patch, f64::NAN, Instant::now())?;
+            let (mut best_score, _) = evaluate(0, &base_patch, None, f64::NAN, Instant::now())?;
             let mut best_mask = base_patch.clone();
             let mut best_epoch = 0;
             let nb = train_batches.len().max(1) as f32;
@@ -523,7 +521,7 @@ pub fn localize(
                     s[i] -= lr * sign * (g[i] / nb) * sg * (1.0 - sg);
                 }
                 let mask = rounded(&s);
-                let (score, _) = evaluate(epoch, &mask, loss, t0)?;
+                let (score, _) = evaluate(epoch, &mask, None, loss, t0)?;
                 if score > best_score {
                     best_score = score;
                     best_mask = mask;
@@ -552,7 +550,7 @@ pub fn localize(
                     s[i] -= lr * (g[i] / nb + lam) * sg * (1.0 - sg);
                 }
                 let mask = top_k(&s, k);
-                let (score, _) = evaluate(epoch, &mask, loss, t0)?;
+                let (score, _) = evaluate(epoch, &mask, None, loss, t0)?;
                 if best.as_ref().is_none_or(|(b, _, _)| score > *b) {
                     best = Some((score, mask, epoch));
                 }

@@ -5,7 +5,7 @@ use super::{parse_pair, Cell, FinetuneId, NotCached, Study};
 use crate::graft::evaluate::{evaluate_variants, Variant, VariantReport};
 use crate::graft::localize::{top_k, GraftableModel};
 use crate::graft::overlap::{compose, overlap, ConflictRule};
-use crate::graft::region::{layer_of, module_of, FlatRegion};
+use crate::graft::region::{layer_of, module_of, FlatRegion, RegionSpec};
 use crate::graft::{Graft, GraftEntry};
 use crate::model::export::FinetunedModel;
 use crate::store::atomic_write;
@@ -203,11 +203,7 @@ impl Study<'_> {
         seeds: &[u64],
     ) -> Result<(OverlapSummary, Vec<Placement>)> {
         let n = tasks.len();
-        let region_spec = self
-            .analysed_graft(&self.primary(&tasks[0], seeds[0]))?
-            .manifest
-            .region;
-        let region = FlatRegion::new(&region_spec, &self.base.model.weights.tensors)?;
+        let mut region: Option<(RegionSpec, FlatRegion)> = None;
         let mut sum = OverlapSummary {
             tasks: tasks.to_vec(),
             seeds: seeds.to_vec(),
@@ -222,12 +218,18 @@ impl Study<'_> {
                 .iter()
                 .map(|t| self.analysed_graft(&self.primary(t, seed)))
                 .collect::<Result<Vec<_>>>()?;
-            for g in &grafts {
-                if g.manifest.region != region_spec {
-                    bail!("the analysed grafts use different regions");
-                }
+            let first = grafts.first().context("overlap needs at least one task")?;
+            let (spec, flat) = match &region {
+                Some(r) => r,
+                None => region.insert((
+                    first.manifest.region.clone(),
+                    FlatRegion::new(&first.manifest.region, &self.base.model.weights.tensors)?,
+                )),
+            };
+            if grafts.iter().any(|g| &g.manifest.region != spec) {
+                bail!("the analysed grafts use different regions");
             }
-            let r = overlap(tasks, &grafts, &region)?;
+            let r = overlap(tasks, &grafts, flat)?;
             for i in 0..n {
                 sum.sizes[i] += r.sizes[i] as f64 / seeds.len() as f64;
                 for j in 0..n {

@@ -384,6 +384,14 @@ impl<'a> Study<'a> {
         )
     }
 
+    /// The result file of a cell.
+    fn cell_path(&self, id: &FinetuneId, method: Method, sparsity: f64) -> PathBuf {
+        self.cfg
+            .cache_dir
+            .join("cells")
+            .join(format!("{}.json", self.cell_key(id, method, sparsity)))
+    }
+
     /// The graft file of a cell.
     pub(crate) fn graft_path(&self, id: &FinetuneId, method: Method, sparsity: f64) -> PathBuf {
         self.cfg
@@ -402,7 +410,7 @@ impl<'a> Study<'a> {
         need_graft: bool,
     ) -> Result<(Cell, bool)> {
         let key = self.cell_key(id, method, sparsity);
-        let path = self.cfg.cache_dir.join("cells").join(format!("{key}.json"));
+        let path = self.cell_path(id, method, sparsity);
         let graft_path = self.graft_path(id, method, sparsity);
         if let Ok(bytes) = std::fs::read(&path) {
             if let Ok(c) = serde_json::from_slice::<Cell>(&bytes) {
@@ -509,15 +517,7 @@ impl<'a> Study<'a> {
         let ids = self.grid_cells();
         let mut missing = ids
             .iter()
-            .filter(|(id, m, s)| {
-                let key = self.cell_key(id, *m, *s);
-                !self
-                    .cfg
-                    .cache_dir
-                    .join("cells")
-                    .join(format!("{key}.json"))
-                    .is_file()
-            })
+            .filter(|(id, m, s)| !self.cell_path(id, *m, *s).is_file())
             .count();
         eprintln!("[study] {total} cells, {missing} to compute");
         let (mut done, mut computed, mut spent) = (0usize, 0usize, 0f64);
