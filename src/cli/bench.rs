@@ -34,9 +34,28 @@ pub struct BenchArgs {
     /// A Python with torch + transformers: run benches/torch_bench.py with the same threads and print ratios.
     #[arg(long)]
     torch_python: Option<PathBuf>,
+    /// Forward shapes, batch x tokens (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1x16,32x64")]
+    shapes: Vec<String>,
+    /// Time only the forward shapes and the engine rows (inference; any dtype).
+    #[arg(long)]
+    forward_only: bool,
+    /// Engine rows: one batch of the largest shape spread over this many synthetic tasks (comma-separated;
+    /// empty for none), timed through the serving engine.
+    #[arg(long, value_delimiter = ',', default_value = "")]
+    engine_tasks: Vec<String>,
 }
 
-/// Median seconds of `f` over repeated runs (2 warm-ups, then at least 5 runs or `min_seconds`).
+/// (batch, tokens) of a shape written `BxT`.
+fn parse_shape(s: &str) -> Result<(usize, usize)> {
+    let (b, t) = s
+        .split_once('x')
+        .with_context(|| format!("shape `{s}` is not BxT (e.g. 32x128)"))?;
+    Ok((b.trim().parse()?, t.trim().parse()?))
+}
+
+/// Median seconds of `f` over repeated runs (2 warm-ups, then at least 5 runs or `min_seconds`). `f` must
+/// wait for its device work to finish (see [`synced`]).
 fn time_it(min_seconds: f64, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     for _ in 0..2 {
         f()?;
@@ -53,6 +72,13 @@ fn time_it(min_seconds: f64, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     }
     times.sort_by(f64::total_cmp);
     Ok(times[times.len() / 2])
+}
+
+/// Runs `f`, then waits for `device` to finish the work it queued (GPUs run asynchronously).
+fn synced<T>(device: &candle_core::Device, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let out = f()?;
+    device.synchronize()?;
+    Ok(out)
 }
 
 fn random_batch(batch: usize, seq: usize, seed: u64) -> EncodedBatch {
@@ -91,19 +117,49 @@ pub fn run(a: BenchArgs) -> Result<()> {
     );
     tensors.insert("classifier.bias".into(), Tensor::zeros(2, DType::F32, dev)?);
 
-    // Forward (inference: no variables, no graph).
-    let clf = Classifier::load(&to_hash_map(&tensors), cfg, &head, DType::F32, dev)?;
-    for (b, s) in [(1usize, 16usize), (32, 64)] {
-        let input = random_batch(b, s, 1).to_input(cfg, dev, DType::F32)?;
+    // Forward (inference: no variables, no graph), in the chosen dtype.
+    let dtype = base.dtype;
+    let clf = Classifier::load(&to_hash_map(&tensors), cfg, &head, dtype, dev)?;
+    let shapes = a
+        .shapes
+        .iter()
+        .map(|s| parse_shape(s))
+        .collect::<Result<Vec<_>>>()?;
+    for &(b, s) in &shapes {
+        let input = random_batch(b, s, 1).to_input(cfg, dev, dtype)?;
         let t = time_it(a.min_seconds, || {
-            clf.encoder.forward(&input)?;
+            synced(dev, || Ok(clf.encoder.forward(&input)?))?;
             Ok(())
         })?;
         rows.push((
             format!("forward {b}x{s}"),
             t * 1e3,
-            format!("{:.0} tokens/s", (b * s) as f64 / t),
+            format!(
+                "{:.0} sentences/s, {:.0} tokens/s",
+                b as f64 / t,
+                (b * s) as f64 / t
+            ),
         ));
+    }
+    if let Some(&(b, s)) = shapes.iter().max_by_key(|(b, s)| b * s) {
+        for n in a.engine_tasks.iter().filter(|n| !n.trim().is_empty()) {
+            let n: usize = n
+                .trim()
+                .parse()
+                .context("--engine-tasks: a number of tasks")?;
+            let t = super::engine_bench::engine_batch_seconds(&base, n, b, s, a.min_seconds)?;
+            rows.push((
+                format!("engine {b}x{s}, {n} task(s)"),
+                t * 1e3,
+                format!("{:.0} sentences/s", b as f64 / t),
+            ));
+        }
+    }
+    if a.forward_only {
+        return report(&a, &base, threads, &rows, None);
+    }
+    if dtype != DType::F32 {
+        anyhow::bail!("training rows run in f32 only: add --forward-only for --dtype {dtype:?}");
     }
 
     // Forward + backward: encoder layers trainable, embeddings frozen.
@@ -117,6 +173,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
         let grads = loss.backward()?;
         params.gradients(&grads)?;
+        dev.synchronize()?;
         Ok(())
     })?;
     rows.push((
@@ -153,7 +210,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     ] {
         let mut opt = Optimizer::new(cfg_opt, &params, None, None)?;
         let t = time_it(a.min_seconds, || {
-            opt.step(&params, &grads)?;
+            synced(dev, || opt.step(&params, &grads))?;
             Ok(())
         })?;
         rows.push((name.into(), t * 1e3, format!("{} values", params.numel())));
@@ -176,7 +233,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             head: BTreeMap::new(),
         };
         let t = time_it(a.min_seconds.min(0.5), || {
-            graft.apply(&tensors)?.revert()?;
+            synced(dev, || graft.apply(&tensors)?.revert())?;
             Ok(())
         })?;
         rows.push((format!("graft apply+revert k={k}"), t * 1e3, String::new()));
@@ -240,6 +297,17 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
         None => None,
     };
+    report(&a, &base, threads, &rows, torch.as_ref())
+}
+
+/// Prints the rows (a table, or JSON with `--json`), beside PyTorch's times when given.
+fn report(
+    a: &BenchArgs,
+    base: &crate::model::BaseModel,
+    threads: usize,
+    rows: &[(String, f64, String)],
+    torch: Option<&serde_json::Value>,
+) -> Result<()> {
     let torch_ms = |row: &str| -> Option<f64> {
         let key = match row {
             "forward 1x16" => "forward_1x16_ms",
@@ -249,26 +317,27 @@ pub fn run(a: BenchArgs) -> Result<()> {
             "adamw step" => "adamw_step_ms",
             _ => return None,
         };
-        torch.as_ref()?.get(key)?.as_f64()
+        torch?.get(key)?.as_f64()
     };
+    let dtype = format!("{:?}", base.dtype).to_lowercase();
     if a.model.json {
         let list: Vec<serde_json::Value> = rows
             .iter()
             .map(|(n, ms, note)| serde_json::json!({"name": n, "ms": ms, "note": note, "torch_ms": torch_ms(n)}))
             .collect();
-        return print_json(
-            &serde_json::json!({"threads": threads, "device": a.model.device, "rows": list, "torch": torch}),
-        );
+        return print_json(&serde_json::json!({
+            "threads": threads, "device": a.model.device, "dtype": dtype, "rows": list, "torch": torch,
+        }));
     }
     println!(
-        "skillgraft bench — model {} ({} parameters), device {}, {} thread(s) (RAYON_NUM_THREADS)",
+        "skillgraft bench — model {} ({} parameters), device {}, {dtype}, {} thread(s) (RAYON_NUM_THREADS)",
         base.name,
         base.model.body_parameter_count(),
         a.model.device,
         threads
     );
     let mut t = Table::new(&["what", "ms", "torch ms", "ratio", "note"]);
-    for (n, ms, note) in &rows {
+    for (n, ms, note) in rows {
         let (tm, ratio) = match torch_ms(n) {
             Some(x) => (format!("{x:.2}"), format!("{:.2}x", ms / x)),
             None => (String::new(), String::new()),

@@ -1,12 +1,11 @@
-//! `skillgraft bench-serve`: starts `skillgraft serve` as a second process and drives it over HTTP from
-//! this one: requests/s and p50/p99 latency with 1 task vs 100 tasks (each request for a random task), and
-//! the server's resident memory with 1 vs 100 tasks.
+//! `skillgraft bench-serve`: starts `skillgraft serve` as a second process (same device, dtype and threads)
+//! and drives it over HTTP from this one, in phases of growing task counts (1, 100, ... tasks; each request
+//! for a task drawn uniformly or by a Zipf law): requests/s, p50/p99 latency, the server's resident memory,
+//! and the engine's per-task state (bytes on the model's device) read from `/metrics`.
 
 use super::table::Table;
 use super::{print_json, ModelArgs};
-use crate::graft::localize::top_k;
-use crate::graft::{entries_from_mask, FlatRegion, Graft};
-use crate::model::{HeadKind, Pooling};
+use crate::graft::synthetic::SyntheticTasks;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use rand::{Rng, SeedableRng};
@@ -20,9 +19,9 @@ use std::time::{Duration, Instant};
 pub struct BenchServeArgs {
     #[command(flatten)]
     pub(super) model: ModelArgs,
-    /// Tasks in the many-task phase.
-    #[arg(long, default_value_t = 100)]
-    tasks: usize,
+    /// Task counts, one load phase each (comma-separated; tasks are added between phases).
+    #[arg(long, value_delimiter = ',', default_value = "1,100")]
+    tasks: Vec<usize>,
     /// Seconds of load per phase.
     #[arg(long, default_value_t = 15.0)]
     seconds: f64,
@@ -35,6 +34,10 @@ pub struct BenchServeArgs {
     /// Graft sparsity of the synthetic tasks.
     #[arg(long, default_value_t = 1e-4)]
     sparsity: f64,
+    /// Which task each request goes to: uniform, or zipf (task i with weight 1/(i+1)^1.1: a few hot tasks
+    /// and a long tail).
+    #[arg(long, value_parser = ["uniform", "zipf"], default_value = "uniform")]
+    popularity: String,
 }
 
 fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> Result<(u16, Vec<u8>)> {
@@ -66,13 +69,68 @@ fn rss_kib(pid: u32) -> Result<u64> {
         .context("no VmRSS")
 }
 
+/// Cumulative probabilities of picking each of `n` tasks.
+fn popularity(n: usize, law: &str) -> Vec<f64> {
+    let w: Vec<f64> = (0..n)
+        .map(|i| match law {
+            "zipf" => 1.0 / ((i + 1) as f64).powf(1.1),
+            _ => 1.0,
+        })
+        .collect();
+    let total: f64 = w.iter().sum();
+    w.iter()
+        .scan(0.0, |acc, x| {
+            *acc += x / total;
+            Some(*acc)
+        })
+        .collect()
+}
+
+fn pick(rng: &mut impl Rng, cumulative: &[f64]) -> usize {
+    let u: f64 = rng.random();
+    cumulative
+        .partition_point(|&c| c < u)
+        .min(cumulative.len().saturating_sub(1))
+}
+
+/// One value of the server's Prometheus text, by metric name.
+fn metric(addr: &str, name: &str) -> Option<f64> {
+    let (status, body) = http(addr, "GET", "/metrics", b"").ok()?;
+    if status != 200 {
+        return None;
+    }
+    String::from_utf8_lossy(&body).lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == name).then(|| v.trim().parse().ok())?
+    })
+}
+
+/// GPU memory the process `pid` holds, MiB (from nvidia-smi; None without one).
+fn gpu_mib(pid: u32) -> Option<f64> {
+    let out = Command::new("nvidia-smi")
+        .args([
+            "--query-compute-apps=pid,used_memory",
+            "--format=csv,noheader,nounits",
+        ])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        let (p, m) = l.split_once(',')?;
+        (p.trim().parse::<u32>().ok()? == pid).then(|| m.trim().parse().ok())?
+    })
+}
+
 struct Phase {
+    tasks: usize,
     requests: usize,
     errors: usize,
     seconds: f64,
     p50_ms: f64,
     p99_ms: f64,
     rss_kib: u64,
+    resident_bytes: Option<f64>,
+    resident_tasks: Option<f64>,
+    gpu_mib: Option<f64>,
 }
 
 fn load(addr: &str, names: &[String], a: &BenchServeArgs, pid: u32) -> Result<Phase> {
@@ -82,6 +140,7 @@ fn load(addr: &str, names: &[String], a: &BenchServeArgs, pid: u32) -> Result<Ph
         "an endearing , if uneven , comedy about growing up .",
         "it never quite finds its footing .",
     ];
+    let cumulative = popularity(names.len(), &a.popularity);
     let stop = Instant::now() + Duration::from_secs_f64(a.seconds);
     let start = Instant::now();
     let handles: Vec<_> = (0..a.clients)
@@ -89,12 +148,13 @@ fn load(addr: &str, names: &[String], a: &BenchServeArgs, pid: u32) -> Result<Ph
             let addr = addr.to_string();
             let names = names.to_vec();
             let texts = a.texts;
+            let cumulative = cumulative.clone();
             std::thread::spawn(move || {
                 let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(c as u64);
                 let mut lat = Vec::new();
                 let mut errors = 0;
                 while Instant::now() < stop {
-                    let task = &names[rng.random_range(0..names.len())];
+                    let task = &names[pick(&mut rng, &cumulative)];
                     let inputs: Vec<&str> = (0..texts)
                         .map(|_| sentences[rng.random_range(0..sentences.len())])
                         .collect();
@@ -132,6 +192,10 @@ fn load(addr: &str, names: &[String], a: &BenchServeArgs, pid: u32) -> Result<Ph
             * 1e3
     };
     Ok(Phase {
+        tasks: names.len(),
+        resident_bytes: metric(addr, "skillgraft_resident_task_bytes"),
+        resident_tasks: metric(addr, "skillgraft_resident_tasks"),
+        gpu_mib: gpu_mib(pid),
         requests: lat.len(),
         errors,
         seconds,
@@ -153,6 +217,12 @@ impl Drop for Guard {
 /// Runs the serving benchmark.
 pub fn run(a: BenchServeArgs) -> Result<()> {
     let base = a.model.load()?;
+    let mut phases_wanted = a.tasks.clone();
+    phases_wanted.sort_unstable();
+    phases_wanted.dedup();
+    if phases_wanted.first().is_none_or(|&n| n == 0) {
+        bail!("--tasks: give task counts of at least 1, e.g. 1,100,1000");
+    }
     let state = std::env::temp_dir().join(format!("skillgraft-bench-serve-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&state);
     let exe = std::env::current_exe()?;
@@ -161,7 +231,14 @@ pub fn run(a: BenchServeArgs) -> Result<()> {
         .arg(&base.model.files.dir)
         .arg("--state-dir")
         .arg(&state)
-        .args(["--queue", "4096"])
+        .args([
+            "--queue",
+            "4096",
+            "--device",
+            &a.model.device,
+            "--dtype",
+            &a.model.dtype,
+        ])
         .stderr(Stdio::piped())
         .stdout(Stdio::null());
     if let Some(t) = a.model.threads {
@@ -173,6 +250,7 @@ pub fn run(a: BenchServeArgs) -> Result<()> {
     let pid = child.0.id();
     let mut reader = BufReader::new(stderr);
     let mut addr = None;
+    let mut seen = Vec::new();
     for _ in 0..100 {
         let mut line = String::new();
         if reader.read_line(&mut line)? == 0 {
@@ -182,44 +260,21 @@ pub fn run(a: BenchServeArgs) -> Result<()> {
             addr = Some(x.to_string());
             break;
         }
+        seen.push(line);
     }
     let Some(addr) = addr else {
-        bail!("the server did not start")
+        bail!("the server did not start: {}", seen.concat())
     };
     std::thread::spawn(move || {
         let mut sink = String::new();
         let _ = reader.read_to_string(&mut sink);
     });
 
-    // Synthetic tasks: each a distinct random graft of the given sparsity with the SST-2 prototype head.
-    let task = crate::data::builtin_task("sst2").context("sst2")?;
-    let spec = base.head_spec(HeadKind::Prototype, &task, 0.05, Pooling::Mean)?;
-    let head = base.init_head(&spec, 0)?;
-    let region = FlatRegion::new(&Default::default(), &base.model.weights.tensors)?;
-    let pre = region.gather(&base.model.weights.tensors)?;
-    let k = crate::graft::localize::budget(a.sparsity, region.len());
-    let make = |i: usize| -> Result<Vec<u8>> {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(i as u64);
-        let scores: Vec<f32> = (0..region.len()).map(|_| rng.random::<f32>()).collect();
-        let mask = top_k(&scores, k);
-        let mut values = pre.clone();
-        for &m in &mask {
-            values[m as usize] += rng.random_range(-0.01..0.01);
-        }
-        let graft = Graft {
-            manifest: serde_json::from_value(serde_json::json!({
-                "format": 1, "base": {"name": base.name, "content_hash": base.model.weights.content_hash,
-                    "architecture": "bert", "parameters": base.model.body_parameter_count()},
-                "region": {}, "region_size": region.len(), "size": k, "method": "bench",
-                "hyper_parameters": null, "head": spec, "task": task, "metrics": null, "created_unix": 0}))?,
-            entries: entries_from_mask(&region, &mask, &values),
-            head: Graft::head_from_tensors(&["prototype.weight".to_string()], &head)?,
-        };
-        graft.to_bytes()
-    };
+    let gen = SyntheticTasks::new(&base, a.sparsity)?;
     let put = |i: usize| -> Result<String> {
-        let name = format!("task{i:03}");
-        let (status, body) = http(&addr, "PUT", &format!("/v1/tasks/{name}/graft"), &make(i)?)?;
+        let name = format!("task{i:05}");
+        let bytes = gen.graft(i)?.to_bytes()?;
+        let (status, body) = http(&addr, "PUT", &format!("/v1/tasks/{name}/graft"), &bytes)?;
         if status != 200 {
             bail!(
                 "import failed ({status}): {}",
@@ -229,69 +284,88 @@ pub fn run(a: BenchServeArgs) -> Result<()> {
         Ok(name)
     };
     let rss0 = rss_kib(pid)?;
-    let mut names = vec![put(0)?];
-    eprintln!("phase 1: 1 task, {} clients, {:.0}s", a.clients, a.seconds);
-    let one = load(&addr, &names, &a, pid)?;
-    for i in 1..a.tasks {
-        names.push(put(i)?);
+    let mut names: Vec<String> = Vec::new();
+    let mut phases = Vec::new();
+    for &n in &phases_wanted {
+        while names.len() < n {
+            names.push(put(names.len())?);
+        }
+        eprintln!(
+            "phase: {n} task(s), {} clients, {} popularity, {:.0}s",
+            a.clients, a.popularity, a.seconds
+        );
+        phases.push(load(&addr, &names, &a, pid)?);
     }
-    eprintln!(
-        "phase 2: {} tasks, {} clients, {:.0}s",
-        names.len(),
-        a.clients,
-        a.seconds
-    );
-    let many = load(&addr, &names, &a, pid)?;
-    let base_bytes = (base.model.body_parameter_count() * 4) as f64;
-    let rps1 = one.requests as f64 / one.seconds;
-    let rps2 = many.requests as f64 / many.seconds;
-    let per_task =
-        (many.rss_kib as f64 - one.rss_kib as f64) * 1024.0 / (names.len() - 1).max(1) as f64;
-    let v = serde_json::json!({
-        "clients": a.clients, "texts_per_request": a.texts, "graft_size": k, "tasks": names.len(),
-        "one_task": {"requests_per_s": rps1, "p50_ms": one.p50_ms, "p99_ms": one.p99_ms, "errors": one.errors, "rss_kib": one.rss_kib},
-        "many_tasks": {"requests_per_s": rps2, "p50_ms": many.p50_ms, "p99_ms": many.p99_ms, "errors": many.errors, "rss_kib": many.rss_kib},
-        "throughput_ratio": rps2 / rps1,
-        "rss_before_tasks_kib": rss0,
-        "memory_per_task_bytes": per_task,
-        "memory_per_task_fraction_of_base": per_task / base_bytes,
-    });
     let _ = std::fs::remove_dir_all(&state);
+    let base_bytes = (base.model.body_parameter_count() * base.dtype.size_in_bytes()) as f64;
+    let rps = |p: &Phase| p.requests as f64 / p.seconds;
+    let first = &phases[0];
+    let per_task_device = |p: &Phase| match (p.resident_bytes, p.resident_tasks) {
+        (Some(b), Some(t)) if t > 0.0 => Some(b / t),
+        _ => None,
+    };
+    let per_task_rss = |p: &Phase| {
+        (p.tasks > first.tasks).then(|| {
+            (p.rss_kib as f64 - first.rss_kib as f64) * 1024.0 / (p.tasks - first.tasks) as f64
+        })
+    };
+    let list: Vec<serde_json::Value> = phases
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "tasks": p.tasks, "requests_per_s": rps(p), "p50_ms": p.p50_ms, "p99_ms": p.p99_ms,
+                "errors": p.errors, "rss_kib": p.rss_kib, "throughput_vs_first": rps(p) / rps(first),
+                "resident_task_bytes": p.resident_bytes, "resident_tasks": p.resident_tasks,
+                "device_bytes_per_task": per_task_device(p),
+                "device_bytes_per_task_fraction_of_base": per_task_device(p).map(|b| b / base_bytes),
+                "rss_bytes_per_added_task": per_task_rss(p), "gpu_mib": p.gpu_mib,
+            })
+        })
+        .collect();
+    let v = serde_json::json!({
+        "clients": a.clients, "texts_per_request": a.texts, "graft_size": gen.size,
+        "popularity": a.popularity, "device": a.model.device, "dtype": a.model.dtype,
+        "base_weight_bytes": base_bytes, "rss_before_tasks_kib": rss0, "phases": list,
+    });
     if a.model.json {
         return print_json(&v);
     }
     println!(
-        "skillgraft bench-serve — {} clients, {} text(s) per request, graft {} parameters, base {} MB of weights",
+        "skillgraft bench-serve — {} clients, {} text(s) per request, {} popularity, graft {} parameters, \
+         base {:.1} MB of weights, device {} ({})",
         a.clients,
         a.texts,
-        k,
-        base_bytes / 1e6
+        a.popularity,
+        gen.size,
+        base_bytes / 1e6,
+        a.model.device,
+        a.model.dtype
     );
     let mut t = Table::new(&[
         "tasks",
         "requests/s",
+        "vs first",
         "p50 ms",
         "p99 ms",
         "errors",
         "server RSS MiB",
+        "device bytes/task",
+        "% of base",
     ]);
-    for (n, p) in [(1, &one), (names.len(), &many)] {
+    for p in &phases {
+        let dev = per_task_device(p);
         t.row(vec![
-            n.to_string(),
-            format!("{:.1}", p.requests as f64 / p.seconds),
+            p.tasks.to_string(),
+            format!("{:.1}", rps(p)),
+            format!("{:.3}x", rps(p) / rps(first)),
             format!("{:.1}", p.p50_ms),
             format!("{:.1}", p.p99_ms),
             p.errors.to_string(),
             format!("{:.1}", p.rss_kib as f64 / 1024.0),
+            dev.map_or("–".into(), |b| format!("{b:.0}")),
+            dev.map_or("–".into(), |b| format!("{:.4}%", 100.0 * b / base_bytes)),
         ]);
     }
     println!("{t}");
-    println!(
-        "throughput {} tasks / 1 task: {:.3}x; memory per added task: {:.0} bytes = {:.5}% of the base model's weights",
-        names.len(),
-        rps2 / rps1,
-        per_task,
-        100.0 * per_task / base_bytes
-    );
     Ok(())
 }

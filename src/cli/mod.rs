@@ -3,6 +3,9 @@
 
 mod bench;
 mod bench_serve;
+mod engine_bench;
+mod predict;
+mod selfcheck;
 mod table;
 
 use crate::data::{self, FewShotSplit, TaskSpec};
@@ -48,6 +51,13 @@ enum Command {
     Export(ExportArgs),
     /// Describe a model directory or a graft file.
     Info(InfoArgs),
+    /// A task's predictions through the serving engine (any device, any precision), with accuracy on its test
+    /// split when no texts are given.
+    Predict(predict::PredictArgs),
+    /// Sentence embeddings (and hidden states) of the base model as .npy files.
+    Embed(predict::EmbedArgs),
+    /// Check the kernels and the serving engine on a device (a GPU) against the CPU and each other.
+    Selfcheck(selfcheck::SelfcheckArgs),
     /// Time forward, forward+backward, optimizer steps and a localization job.
     Bench(bench::BenchArgs),
     /// Run the HTTP service on the base model.
@@ -180,6 +190,10 @@ struct ServeArgs {
     /// How long the engine waits for a batch to fill, milliseconds.
     #[arg(long, env = "SKILLGRAFT_BATCH_WAIT_MS", default_value_t = 2)]
     batch_wait_ms: u64,
+    /// Bytes of per-task state (sparse deltas on the device, heads) the engine keeps; least recently used
+    /// tasks are rebuilt on their next request.
+    #[arg(long, env = "SKILLGRAFT_MAX_RESIDENT_BYTES", default_value_t = 1 << 30)]
+    max_resident_bytes: usize,
 }
 
 /// Where the base model is and how to run it.
@@ -191,9 +205,12 @@ pub struct ModelArgs {
     /// Compute threads (matmuls and fused ops); default: all cores.
     #[arg(long, env = "SKILLGRAFT_THREADS")]
     threads: Option<usize>,
-    /// Device: cpu, or cuda (with the `cuda` build feature).
-    #[arg(long, default_value = "cpu")]
+    /// Device: cpu, cuda (GPU 0) or cuda:N (with the `cuda` build feature).
+    #[arg(long, env = "SKILLGRAFT_DEVICE", default_value = "cpu")]
     device: String,
+    /// Inference precision: f32, bf16 or f16 (serving, evaluation, bench; training always runs in f32).
+    #[arg(long, env = "SKILLGRAFT_DTYPE", value_parser = ["f32", "bf16", "f16"], default_value = "f32")]
+    dtype: String,
     /// Maximum tokens per input.
     #[arg(long, default_value_t = 128)]
     max_len: usize,
@@ -428,11 +445,38 @@ struct InfoArgs {
 
 impl ModelArgs {
     fn device(&self) -> Result<Device> {
-        match self.device.as_str() {
-            "cpu" => Ok(Device::Cpu),
-            "cuda" => Device::new_cuda(0).context("CUDA device (build with --features cuda)"),
-            other => bail!("unknown device `{other}` (cpu or cuda)"),
+        let ordinal = match self.device.as_str() {
+            "cpu" => return Ok(Device::Cpu),
+            "cuda" => 0,
+            other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(n)) => n,
+                _ => bail!("unknown device `{other}` (cpu, cuda or cuda:N)"),
+            },
+        };
+        if !cfg!(feature = "cuda") {
+            bail!("this build has no CUDA support: build with scripts/build-cuda.sh (the `cuda` feature)");
         }
+        Device::new_cuda(ordinal).with_context(|| format!("cannot open CUDA device {ordinal}"))
+    }
+
+    fn dtype(&self) -> Result<candle_core::DType> {
+        Ok(match self.dtype.as_str() {
+            "f32" => candle_core::DType::F32,
+            "bf16" => candle_core::DType::BF16,
+            "f16" => candle_core::DType::F16,
+            other => bail!("unknown dtype `{other}` (f32, bf16 or f16)"),
+        })
+    }
+
+    /// Refuses reduced precision for commands that train.
+    fn require_f32(&self, what: &str) -> Result<()> {
+        if self.dtype != "f32" {
+            bail!(
+                "{what} trains the model and runs in f32 only; drop --dtype {}",
+                self.dtype
+            );
+        }
+        Ok(())
     }
 
     fn load(&self) -> Result<BaseModel> {
@@ -443,7 +487,9 @@ impl ModelArgs {
                 dir.display()
             );
         }
-        BaseModel::load(&dir, &self.device()?, self.max_len)
+        let mut base = BaseModel::load(&dir, &self.device()?, self.max_len)?;
+        base.dtype = self.dtype()?;
+        Ok(base)
     }
 }
 
@@ -574,6 +620,9 @@ impl Command {
             Command::Compose(a) => &a.model,
             Command::Export(a) => &a.model,
             Command::Info(a) => &a.model,
+            Command::Predict(a) => &a.model,
+            Command::Embed(a) => &a.model,
+            Command::Selfcheck(a) => &a.model,
             Command::Bench(a) => &a.model,
             Command::Serve(a) => &a.model,
             Command::BenchServe(a) => &a.model,
@@ -600,6 +649,9 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Compose(a) => cmd_compose(a),
         Command::Export(a) => cmd_export(a),
         Command::Info(a) => cmd_info(a),
+        Command::Predict(a) => predict::run_predict(a),
+        Command::Embed(a) => predict::run_embed(a),
+        Command::Selfcheck(a) => selfcheck::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Serve(a) => cmd_serve(a),
         Command::BenchServe(a) => bench_serve::run(a),
@@ -608,6 +660,7 @@ fn dispatch(command: Command) -> Result<()> {
 }
 
 fn cmd_finetune(a: FinetuneArgs) -> Result<()> {
+    a.model.require_f32("finetune")?;
     let base = a.model.load()?;
     let task = a.data.task()?;
     let split = a.data.split(&task)?;
@@ -678,6 +731,7 @@ fn cmd_finetune(a: FinetuneArgs) -> Result<()> {
 }
 
 fn cmd_localize(a: LocalizeArgs) -> Result<()> {
+    a.model.require_f32("localize")?;
     let base = a.model.load()?;
     let named = a.data.task.is_some() || a.data.task_spec.is_some();
     let hint = if named { Some(a.data.task()?) } else { None };
@@ -770,6 +824,9 @@ fn grafted_body(base: &BaseModel, graft: &Graft) -> Result<BTreeMap<String, cand
 }
 
 fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
+    a.model.require_f32(
+        "evaluate (use `skillgraft predict --dtype` for reduced-precision inference)",
+    )?;
     let base = a.model.load()?;
     let graft = load_checked_graft(&a.graft, &base)?;
     let task = match (&a.data.task, &a.data.task_spec, &graft.manifest.task) {
@@ -960,6 +1017,7 @@ fn cmd_overlap(a: OverlapArgs) -> Result<()> {
 }
 
 fn cmd_compose(a: ComposeArgs) -> Result<()> {
+    a.model.require_f32("compose")?;
     let base = a.model.load()?;
     let (names, grafts) = load_grafts(&a.grafts, &base)?;
     let region = FlatRegion::new(&grafts[0].manifest.region, &base.model.weights.tensors)?;
@@ -1118,6 +1176,8 @@ fn cmd_serve(a: ServeArgs) -> Result<()> {
             max_batch_tokens: a.max_batch_tokens,
             max_wait: std::time::Duration::from_millis(a.batch_wait_ms),
             threads,
+            max_resident_bytes: a.max_resident_bytes,
+            pass_overhead_tokens: 0,
         },
     };
     eprintln!(
@@ -1137,6 +1197,7 @@ fn cmd_serve(a: ServeArgs) -> Result<()> {
 }
 
 fn cmd_study(a: StudyArgs) -> Result<()> {
+    a.model.require_f32("study")?;
     let base = a.model.load()?;
     let nonempty = |v: Vec<String>| v.into_iter().filter(|s| !s.trim().is_empty()).collect();
     let mut cfg = match &a.config {

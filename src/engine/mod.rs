@@ -1,20 +1,33 @@
-//! The engine: one thread owns the base model and serves every task from it.
+//! The engine: one thread owns the base model (on the CPU or a GPU, in f32, bf16 or f16) and serves every
+//! task from it.
 //!
-//! Requests (already tokenized by the caller, off this thread) arrive over a bounded queue; a full queue is
-//! refused at once (the server answers 429). The engine collects requests up to a token budget or a short
-//! deadline, groups them by task, and for each group writes the task's graft into the base weights in place,
-//! runs the batch through the encoder and the task's head, and reverts the graft. Applying and reverting a
-//! graft of ~1k values costs microseconds, so serving many tasks costs almost nothing over serving one.
+//! Requests arrive already tokenized (by the caller, off this thread) over a bounded queue; a full queue is
+//! refused at once (the server answers 429). The engine keeps the requests it has taken in arrival order and
+//! builds each batch round robin from them up to a token budget ([`schedule::take_rows`]): a large request is
+//! split across batches, and a small one waits for at most about one batch whatever is queued ahead of it.
+//! Requests whose caller has gone away are dropped before any work is done for them.
+//!
+//! A batch's rows are cut into forward passes by length ([`schedule::buckets`]), so short texts are not padded
+//! to the longest. Rows of tasks whose grafts touch only encoder layers share each pass whatever their
+//! number: after every dense and LayerNorm layer each row gets its own task's sparse correction, one pass per
+//! touched layer over every task ([`SparseBatch`](crate::model::ops::SparseBatch)); then each row's own head
+//! ([`batch`]). Grafts that touch the embeddings are written into the weights in place for their own pass
+//! and reverted after. Per-task state lives on the device in a bounded cache ([`resident`]).
+//!
+//! Faults stay with their task: a task whose graft cannot be prepared, whose pass fails, or whose rows come
+//! out non-finite fails only its own requests; the other rows of the batch get their own results.
+
+pub mod batch;
+pub mod resident;
+pub mod schedule;
 
 use crate::graft::Graft;
-use crate::model::encoder::{EncoderInput, RowAdjust};
-use crate::model::heads::{HeadSpec, TaskHead};
-use crate::model::ops::{with_cpu_slice, write_cpu_f32};
+use crate::model::heads::HeadSpec;
 use crate::model::{to_hash_map, BaseModel, EncodedBatch, Encoder};
-use anyhow::{anyhow, Result};
-use candle_core::{DType, Tensor};
+use anyhow::Result;
+use candle_core::DType;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
@@ -27,7 +40,7 @@ pub struct ServedTask {
     pub name: String,
     /// The graft.
     pub graft: Graft,
-    /// Unique per registration (cache key of the built head).
+    /// Unique per registration (cache key of its resident form).
     pub version: u64,
 }
 
@@ -41,7 +54,7 @@ impl ServedTask {
 /// Engine tuning.
 #[derive(Debug, Clone, Serialize)]
 pub struct EngineConfig {
-    /// Requests waiting at most (more are refused).
+    /// Requests waiting in the queue at most (more are refused).
     pub queue_capacity: usize,
     /// Real tokens per batch at most.
     pub max_batch_tokens: usize,
@@ -49,6 +62,11 @@ pub struct EngineConfig {
     pub max_wait: Duration,
     /// Compute threads.
     pub threads: usize,
+    /// Device bytes (and host bytes of heads) that resident task state may hold.
+    pub max_resident_bytes: usize,
+    /// Fixed cost of one forward pass, in padded-token equivalents, when cutting a batch by length
+    /// (0 = by device: 32 on the CPU, 1024 on a GPU).
+    pub pass_overhead_tokens: usize,
 }
 
 impl Default for EngineConfig {
@@ -58,29 +76,41 @@ impl Default for EngineConfig {
             max_batch_tokens: 4096,
             max_wait: Duration::from_millis(2),
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            max_resident_bytes: 1 << 30,
+            pass_overhead_tokens: 0,
         }
     }
 }
 
-/// Counters the engine keeps (read by the metrics endpoint).
+/// Counters the engine keeps (read by the metrics endpoint and the benches).
 #[derive(Debug, Default)]
 pub struct EngineStats {
     /// Requests waiting in the queue.
     pub queue_depth: AtomicUsize,
     /// Batches run.
     pub batches: AtomicU64,
+    /// Forward passes run (a batch is one or more, by length and by in-place grafts).
+    pub passes: AtomicU64,
     /// Requests served.
     pub requests: AtomicU64,
+    /// Requests dropped because their caller went away.
+    pub cancelled: AtomicU64,
     /// Rows (texts) served.
     pub rows: AtomicU64,
     /// Real tokens processed.
     pub tokens: AtomicU64,
-    /// Total nanoseconds spent applying and reverting grafts.
+    /// Tokens computed including padding.
+    pub padded_tokens: AtomicU64,
+    /// Total nanoseconds spent applying and reverting in-place grafts.
     pub graft_nanos: AtomicU64,
-    /// Graft applications.
+    /// In-place graft applications.
     pub graft_applies: AtomicU64,
     /// Total nanoseconds of model compute.
     pub compute_nanos: AtomicU64,
+    /// Bytes of resident task state.
+    pub resident_bytes: AtomicUsize,
+    /// Tasks with resident state.
+    pub resident_tasks: AtomicUsize,
 }
 
 /// Why the engine could not serve a request.
@@ -92,18 +122,21 @@ pub enum EngineError {
     /// The engine thread has stopped.
     #[error("the model engine is not running")]
     Stopped,
+    /// This task cannot be served (its graft or its outputs are broken); other tasks are unaffected.
+    #[error("{0}")]
+    Task(String),
     /// The computation failed.
     #[error("{0}")]
     Failed(String),
 }
 
-/// Class logits, one row per input.
-type Logits = Vec<Vec<f32>>;
+/// What a request's reply carries: logits per row, or why its task failed.
+type Reply = Result<Vec<Vec<f32>>, EngineError>;
 
 struct Work {
     task: Arc<ServedTask>,
     batch: EncodedBatch,
-    reply: tokio::sync::oneshot::Sender<Result<Vec<Vec<f32>>, String>>,
+    reply: tokio::sync::oneshot::Sender<Reply>,
 }
 
 /// Handle to the engine thread.
@@ -112,32 +145,51 @@ pub struct Engine {
     tx: SyncSender<Work>,
     stats: Arc<EngineStats>,
     capacity: usize,
+    dtype: DType,
 }
 
 impl Engine {
-    /// Starts the engine thread, which owns `base`'s weights from now on.
+    /// Starts the engine thread, which owns a copy of `base`'s weights in `base.dtype` from now on.
     pub fn start(base: &BaseModel, config: EngineConfig) -> Result<Self> {
         let (tx, rx) = sync_channel::<Work>(config.queue_capacity);
         let stats = Arc::new(EngineStats::default());
         // The engine's own copy: grafts are written into it in place, so nobody else may share its storage.
-        let tensors = base.model.weights.deep_clone()?.tensors;
+        let dtype = base.dtype;
+        let tensors: BTreeMap<_, _> = base
+            .model
+            .weights
+            .deep_clone()?
+            .tensors
+            .into_iter()
+            .map(|(k, t)| Ok((k, t.to_dtype(dtype)?)))
+            .collect::<Result<_>>()?;
         let cfg = base.model.config.clone();
         let device = base.device.clone();
-        let vb = candle_nn::VarBuilder::from_tensors(to_hash_map(&tensors), DType::F32, &device);
+        let vb = candle_nn::VarBuilder::from_tensors(to_hash_map(&tensors), dtype, &device);
         let encoder = Encoder::load(vb, &cfg)?;
         let pool = crate::compute_pool(Some(config.threads))?;
         let st = stats.clone();
         let capacity = config.queue_capacity;
+        let sites = resident::Sites::of(&tensors);
         std::thread::Builder::new()
             .name("engine".into())
             .spawn(move || {
+                let overhead = match (config.pass_overhead_tokens, device.is_cpu()) {
+                    (0, true) => 32,
+                    (0, false) => 1024,
+                    (n, _) => n,
+                };
                 let mut worker = Worker {
-                    tensors,
-                    encoder,
-                    config: cfg,
-                    device,
-                    heads: HashMap::new(),
-                    deltas: HashMap::new(),
+                    model: batch::Model {
+                        tensors,
+                        encoder,
+                        config: cfg,
+                        device,
+                        dtype,
+                        sites,
+                        pass_overhead: overhead,
+                    },
+                    cache: resident::ResidentCache::new(config.max_resident_bytes),
                     stats: st,
                     settings: config,
                 };
@@ -147,6 +199,7 @@ impl Engine {
             tx,
             stats,
             capacity,
+            dtype,
         })
     }
 
@@ -160,12 +213,14 @@ impl Engine {
         self.capacity
     }
 
-    /// Logits of a tokenized batch under a task (rows in input order).
-    pub async fn logits(
-        &self,
-        task: Arc<ServedTask>,
-        batch: EncodedBatch,
-    ) -> Result<Vec<Vec<f32>>, EngineError> {
+    /// The compute dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Logits of a tokenized batch under a task (rows in input order). Dropping the returned future (a
+    /// client that went away) withdraws the request: the engine skips whatever of it has not run yet.
+    pub async fn logits(&self, task: Arc<ServedTask>, batch: EncodedBatch) -> Reply {
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.stats.queue_depth.fetch_add(1, Ordering::Relaxed);
         match self.tx.try_send(Work { task, batch, reply }) {
@@ -179,364 +234,150 @@ impl Engine {
                 return Err(EngineError::Stopped);
             }
         }
-        match rx.await {
-            Ok(Ok(l)) => Ok(l),
-            Ok(Err(e)) => Err(EngineError::Failed(e)),
-            Err(_) => Err(EngineError::Stopped),
+        rx.await.unwrap_or(Err(EngineError::Stopped))
+    }
+}
+
+/// A request being served: its rows' lengths and the logits of the rows done so far.
+struct Pending {
+    work: Work,
+    lens: Vec<usize>,
+    done: Vec<Vec<f32>>,
+}
+
+impl Pending {
+    fn new(work: Work) -> Self {
+        let lens = (0..work.batch.batch)
+            .map(|r| work.batch.row_len(r))
+            .collect();
+        Self {
+            work,
+            lens,
+            done: Vec::new(),
         }
     }
 }
 
 struct Worker {
-    tensors: BTreeMap<String, Tensor>,
-    encoder: Encoder,
-    config: crate::model::ModelConfig,
-    device: candle_core::Device,
-    heads: HashMap<(String, u64), TaskHead>,
-    deltas: HashMap<(String, u64), Arc<TaskDeltas>>,
+    model: batch::Model,
+    cache: resident::ResidentCache,
     stats: Arc<EngineStats>,
     settings: EngineConfig,
 }
 
-/// A task's sparse deltas (graft value − base value) per tensor, for mixed-task batches.
-struct TaskDeltas {
-    by_tensor: HashMap<String, (Vec<u32>, Vec<f32>)>,
-}
-
-/// Rows of several tasks in one batch: each task's deltas corrected row by row after every layer.
-struct MixedRows<'a> {
-    /// (first token row, token rows, deltas) per task group.
-    groups: Vec<(usize, usize, &'a TaskDeltas)>,
-}
-
-impl MixedRows<'_> {
-    /// The `weight`/`bias` names under `name`, and the groups whose tasks change either.
-    fn touching(&self, name: &str) -> (String, String, Vec<&(usize, usize, &TaskDeltas)>) {
-        let (w, b) = (format!("{name}.weight"), format!("{name}.bias"));
-        let touched = self
-            .groups
-            .iter()
-            .filter(|(_, _, d)| d.by_tensor.contains_key(&w) || d.by_tensor.contains_key(&b))
-            .collect();
-        (w, b, touched)
-    }
-}
-
-impl RowAdjust for MixedRows<'_> {
-    fn after_dense(&self, name: &str, x: &Tensor, y: &Tensor) -> candle_core::Result<()> {
-        let (wname, bname, touched) = self.touching(name);
-        if touched.is_empty() {
-            return Ok(());
-        }
-        let (in_dim, out_dim) = (x.dim(1)?, y.dim(1)?);
-        with_cpu_slice::<f32, _>(x, |xs| {
-            write_cpu_f32(y, |ys| {
-                for (start, len, d) in &touched {
-                    let w = d.by_tensor.get(&wname);
-                    let b = d.by_tensor.get(&bname);
-                    for t in *start..start + len {
-                        let (xr, yr) = (&xs[t * in_dim..(t + 1) * in_dim], t * out_dim);
-                        if let Some((idx, dv)) = w {
-                            for (&f, &v) in idx.iter().zip(dv) {
-                                let (i, j) = (f as usize / in_dim, f as usize % in_dim);
-                                ys[yr + i] += xr[j] * v;
-                            }
-                        }
-                        if let Some((idx, dv)) = b {
-                            for (&i, &v) in idx.iter().zip(dv) {
-                                ys[yr + i as usize] += v;
-                            }
-                        }
-                    }
-                }
-            })
-        })?
-    }
-
-    fn after_norm(&self, name: &str, x: &Tensor, y: &Tensor, eps: f64) -> candle_core::Result<()> {
-        let (wname, bname, touched) = self.touching(name);
-        if touched.is_empty() {
-            return Ok(());
-        }
-        let dim = x.dim(1)?;
-        with_cpu_slice::<f32, _>(x, |xs| {
-            write_cpu_f32(y, |ys| {
-                for (start, len, d) in &touched {
-                    let w = d.by_tensor.get(&wname);
-                    let b = d.by_tensor.get(&bname);
-                    for t in *start..start + len {
-                        let xr = &xs[t * dim..(t + 1) * dim];
-                        let mean = xr.iter().sum::<f32>() / dim as f32;
-                        let var =
-                            xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / dim as f32;
-                        let rstd = 1.0 / (var + eps as f32).sqrt();
-                        if let Some((idx, dv)) = w {
-                            for (&j, &v) in idx.iter().zip(dv) {
-                                ys[t * dim + j as usize] += (xr[j as usize] - mean) * rstd * v;
-                            }
-                        }
-                        if let Some((idx, dv)) = b {
-                            for (&j, &v) in idx.iter().zip(dv) {
-                                ys[t * dim + j as usize] += v;
-                            }
-                        }
-                    }
-                }
-            })
-        })?
-    }
-}
-
-/// Concatenates batches row-wise, padding to the longest row.
-fn merge(batches: &[&EncodedBatch], pad: u32) -> EncodedBatch {
-    let seq = batches.iter().map(|b| b.seq).max().unwrap_or(1);
-    let rows: usize = batches.iter().map(|b| b.batch).sum();
-    let mut out = EncodedBatch {
-        ids: vec![pad; rows * seq],
-        type_ids: vec![0; rows * seq],
-        mask: vec![0; rows * seq],
-        batch: rows,
-        seq,
-        mask_positions: batches
-            .iter()
-            .all(|b| b.mask_positions.is_some())
-            .then(Vec::new),
-    };
-    let mut r0 = 0;
-    for b in batches {
-        for r in 0..b.batch {
-            let (src, dst) = (r * b.seq, (r0 + r) * seq);
-            out.ids[dst..dst + b.seq].copy_from_slice(&b.ids[src..src + b.seq]);
-            out.type_ids[dst..dst + b.seq].copy_from_slice(&b.type_ids[src..src + b.seq]);
-            out.mask[dst..dst + b.seq].copy_from_slice(&b.mask[src..src + b.seq]);
-        }
-        if let (Some(all), Some(p)) = (out.mask_positions.as_mut(), b.mask_positions.as_ref()) {
-            all.extend_from_slice(p);
-        }
-        r0 += b.batch;
-    }
-    out
-}
+/// Requests taken off the queue and being served at most; beyond it they wait in the queue (so a full queue
+/// still means 429).
+const MAX_IN_SERVICE: usize = 64;
 
 impl Worker {
     fn run(&mut self, rx: Receiver<Work>) {
-        while let Ok(first) = rx.recv() {
-            let mut items = vec![first];
-            let mut tokens = items[0].batch.real_tokens();
-            let deadline = Instant::now() + self.settings.max_wait;
-            while tokens < self.settings.max_batch_tokens {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match rx.recv_timeout(left) {
-                    Ok(w) => {
-                        tokens += w.batch.real_tokens();
-                        items.push(w);
+        let mut pending: VecDeque<Pending> = VecDeque::new();
+        loop {
+            if pending.is_empty() {
+                match rx.recv() {
+                    Ok(w) => self.admit(&mut pending, w),
+                    Err(_) => return,
+                }
+                // Give concurrent requests a moment to join the first batch.
+                let deadline = Instant::now() + self.settings.max_wait;
+                while pending.len() < MAX_IN_SERVICE
+                    && self.waiting_tokens(&pending) < self.settings.max_batch_tokens
+                {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match rx.recv_timeout(left) {
+                        Ok(w) => self.admit(&mut pending, w),
+                        Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {
+                            break
+                        }
                     }
-                    Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
                 }
             }
+            while pending.len() < MAX_IN_SERVICE {
+                match rx.try_recv() {
+                    Ok(w) => self.admit(&mut pending, w),
+                    Err(_) => break,
+                }
+            }
+            let before = pending.len();
+            pending.retain(|p| !p.work.reply.is_closed());
             self.stats
-                .queue_depth
-                .fetch_sub(items.len(), Ordering::Relaxed);
-            self.stats.batches.fetch_add(1, Ordering::Relaxed);
-            // Group by task (first-come order of tasks).
-            let mut groups: Vec<(Arc<ServedTask>, Vec<Work>)> = Vec::new();
-            for w in items {
-                match groups.iter_mut().find(|(t, _)| Arc::ptr_eq(t, &w.task)) {
-                    Some((_, g)) => g.push(w),
-                    None => groups.push((w.task.clone(), vec![w])),
-                }
+                .cancelled
+                .fetch_add((before - pending.len()) as u64, Ordering::Relaxed);
+            if pending.is_empty() {
+                continue;
             }
-            // Tasks whose grafts touch only encoder layers share one forward pass; others are applied in place.
-            let (mixable, separate): (Vec<_>, Vec<_>) = groups.into_iter().partition(|(t, _)| {
-                !t.head().uses_prompt()
-                    && t.graft
-                        .entries
-                        .iter()
-                        .all(|e| e.name.starts_with("encoder.layer."))
-            });
-            let mut done: Vec<(Vec<Work>, Result<Logits>)> = Vec::new();
-            if mixable.len() > 1 {
-                let results = self.run_mixed(&mixable);
-                for ((_, works), r) in mixable.into_iter().zip(results) {
-                    done.push((works, r));
-                }
-            } else {
-                for (task, works) in mixable {
-                    let r = self.run_group(&task, &works);
-                    done.push((works, r));
-                }
-            }
-            for (task, works) in separate {
-                let r = self.run_group(&task, &works);
-                done.push((works, r));
-            }
-            for (works, result) in done {
-                let mut row = 0;
-                for w in works {
-                    let n = w.batch.batch;
-                    let r = match &result {
-                        Ok(all) => Ok(all[row..row + n].to_vec()),
-                        Err(e) => Err(format!("{e:#}")),
-                    };
-                    row += n;
-                    self.stats.requests.fetch_add(1, Ordering::Relaxed);
-                    let _ = w.reply.send(r);
-                }
-            }
+            self.serve_one_batch(&mut pending);
         }
     }
 
-    fn head(&mut self, task: &ServedTask) -> Result<TaskHead> {
-        let key = (task.name.clone(), task.version);
-        if let Some(h) = self.heads.get(&key) {
-            return Ok(h.clone());
-        }
-        if self.heads.len() >= 4096 {
-            self.heads.clear();
-        }
-        let head_tensors = task.graft.head_tensors(&self.device)?;
-        let vb = candle_nn::VarBuilder::from_tensors(
-            to_hash_map(&head_tensors),
-            DType::F32,
-            &self.device,
-        );
-        let h = TaskHead::load(task.head(), vb, &self.config, &self.encoder.embeddings.word)?;
-        self.heads.insert(key, h.clone());
-        Ok(h)
+    fn admit(&self, pending: &mut VecDeque<Pending>, w: Work) {
+        self.stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
+        pending.push_back(Pending::new(w));
     }
 
-    fn task_deltas(&mut self, task: &ServedTask) -> Result<Arc<TaskDeltas>> {
-        let key = (task.name.clone(), task.version);
-        if let Some(d) = self.deltas.get(&key) {
-            return Ok(d.clone());
-        }
-        if self.deltas.len() >= 4096 {
-            self.deltas.clear();
-        }
-        let mut by_tensor = HashMap::new();
-        for e in &task.graft.entries {
-            let t = self.tensors.get(&e.name).ok_or_else(|| {
-                anyhow!("graft touches `{}`, which the base does not have", e.name)
-            })?;
-            let base: Vec<f32> = with_cpu_slice::<f32, _>(t, |w| {
-                e.indices.iter().map(|&i| w[i as usize]).collect()
-            })?;
-            let delta: Vec<f32> = e.values.iter().zip(&base).map(|(v, b)| v - b).collect();
-            by_tensor.insert(e.name.clone(), (e.indices.clone(), delta));
-        }
-        let d = Arc::new(TaskDeltas { by_tensor });
-        self.deltas.insert(key, d.clone());
-        Ok(d)
-    }
-
-    /// One forward pass for rows of several tasks (sparse per-row corrections), then each task's head.
-    fn run_mixed(&mut self, groups: &[(Arc<ServedTask>, Vec<Work>)]) -> Vec<Result<Vec<Vec<f32>>>> {
-        let prepared: Result<Vec<(Arc<TaskDeltas>, TaskHead)>> = groups
+    fn waiting_tokens(&self, pending: &VecDeque<Pending>) -> usize {
+        pending
             .iter()
-            .map(|(t, _)| Ok((self.task_deltas(t)?, self.head(t)?)))
-            .collect();
-        let prepared = match prepared {
-            Ok(p) => p,
-            Err(e) => return groups.iter().map(|_| Err(anyhow!("{e:#}"))).collect(),
-        };
-        let batches: Vec<&EncodedBatch> = groups
+            .map(|p| p.lens[p.done.len()..].iter().sum::<usize>())
+            .sum()
+    }
+
+    fn serve_one_batch(&mut self, pending: &mut VecDeque<Pending>) {
+        let views: Vec<(usize, &[usize])> = pending
             .iter()
-            .flat_map(|(_, ws)| ws.iter().map(|w| &w.batch))
+            .map(|p| (p.done.len(), p.lens.as_slice()))
             .collect();
-        let merged = merge(&batches, self.config.pad_id());
-        let seq = merged.seq;
-        let mut spans = Vec::new();
-        let mut r0 = 0;
-        for (_, ws) in groups {
-            let rows: usize = ws.iter().map(|w| w.batch.batch).sum();
-            spans.push((r0, rows));
-            r0 += rows;
-        }
-        let t0 = Instant::now();
-        let hidden = (|| -> Result<(Tensor, EncoderInput)> {
-            let input = merged.to_input(&self.config, &self.device, DType::F32)?;
-            let mixed = MixedRows {
-                groups: spans
-                    .iter()
-                    .zip(&prepared)
-                    .map(|(&(r, n), (d, _))| (r * seq, n * seq, d.as_ref()))
-                    .collect(),
-            };
-            Ok((self.encoder.forward_with(&input, Some(&mixed))?, input))
-        })();
-        let out = match hidden {
-            Ok((hidden, input)) => spans
-                .iter()
-                .zip(&prepared)
-                .map(|(&(r, n), (_, head))| -> Result<Vec<Vec<f32>>> {
-                    let sub = EncoderInput {
-                        input_ids: input.input_ids.narrow(0, r, n)?,
-                        token_type_ids: input.token_type_ids.narrow(0, r, n)?,
-                        position_ids: input.position_ids.narrow(0, r, n)?,
-                        attention_mask: input.attention_mask.narrow(0, r, n)?,
-                        attention_bias: input.attention_bias.narrow(0, r, n)?,
-                        mask_positions: match &merged.mask_positions {
-                            Some(p) => Some(Tensor::from_vec(
-                                p[r..r + n]
-                                    .iter()
-                                    .enumerate()
-                                    .map(|(i, &pos)| (i * seq) as u32 + pos)
-                                    .collect::<Vec<u32>>(),
-                                n,
-                                &self.device,
-                            )?),
-                            None => None,
-                        },
-                    };
-                    let h = hidden.narrow(0, r, n)?;
-                    Ok(head
-                        .forward(&h, &sub)?
-                        .to_dtype(DType::F32)?
-                        .to_vec2::<f32>()?)
+        let picked = schedule::take_rows(&views, self.settings.max_batch_tokens);
+        let rows: Vec<batch::Row> = picked
+            .iter()
+            .flat_map(|(p, range)| {
+                let w = &pending[*p].work;
+                range.clone().map(move |r| batch::Row {
+                    task: w.task.clone(),
+                    batch: &w.batch,
+                    row: r,
                 })
-                .collect(),
-            Err(e) => groups.iter().map(|_| Err(anyhow!("{e:#}"))).collect(),
-        };
-        let s = &self.stats;
-        s.compute_nanos
-            .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        s.rows.fetch_add(merged.batch as u64, Ordering::Relaxed);
-        s.tokens
-            .fetch_add(merged.real_tokens() as u64, Ordering::Relaxed);
-        out
-    }
-
-    fn run_group(&mut self, task: &ServedTask, works: &[Work]) -> Result<Vec<Vec<f32>>> {
-        let head = self.head(task)?;
-        let batches: Vec<&EncodedBatch> = works.iter().map(|w| &w.batch).collect();
-        let merged = merge(&batches, self.config.pad_id());
-        if task.head().uses_prompt() && merged.mask_positions.is_none() {
-            return Err(anyhow!(
-                "prompt task `{}` got inputs without mask positions",
-                task.name
-            ));
+            })
+            .collect();
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        let results = batch::run(&mut self.model, &mut self.cache, &self.stats, &rows);
+        drop(rows);
+        let (bytes, tasks) = self.cache.usage();
+        self.stats.resident_bytes.store(bytes, Ordering::Relaxed);
+        self.stats.resident_tasks.store(tasks, Ordering::Relaxed);
+        // Hand the results back, request by request; a failed row fails its whole request.
+        let mut results = results.into_iter();
+        let mut failed: Vec<(usize, EngineError)> = Vec::new();
+        for (p, range) in &picked {
+            for _ in range.clone() {
+                match results.next() {
+                    Some(Ok(logits)) => pending[*p].done.push(logits),
+                    Some(Err(e)) => {
+                        if !failed.iter().any(|(q, _)| q == p) {
+                            failed.push((*p, e));
+                        }
+                    }
+                    None => {
+                        failed.push((*p, EngineError::Failed("engine: rows lost".into())));
+                    }
+                }
+            }
         }
-        let input = merged.to_input(&self.config, &self.device, DType::F32)?;
-        let t0 = Instant::now();
-        let applied = task.graft.apply(&self.tensors)?;
-        let t1 = Instant::now();
-        let out = self
-            .encoder
-            .forward(&input)
-            .and_then(|h| head.forward(&h, &input))
-            .and_then(|l| l.to_dtype(DType::F32)?.to_vec2::<f32>());
-        let t2 = Instant::now();
-        applied.revert()?;
-        let t3 = Instant::now();
-        let s = &self.stats;
-        s.graft_nanos
-            .fetch_add(((t1 - t0) + (t3 - t2)).as_nanos() as u64, Ordering::Relaxed);
-        s.graft_applies.fetch_add(1, Ordering::Relaxed);
-        s.compute_nanos
-            .fetch_add((t2 - t1).as_nanos() as u64, Ordering::Relaxed);
-        s.rows.fetch_add(merged.batch as u64, Ordering::Relaxed);
-        s.tokens
-            .fetch_add(merged.real_tokens() as u64, Ordering::Relaxed);
-        Ok(out?)
+        let mut finished: Vec<(usize, Reply)> =
+            failed.into_iter().map(|(p, e)| (p, Err(e))).collect();
+        for (p, _) in &picked {
+            let pd = &pending[*p];
+            if pd.done.len() == pd.lens.len() && !finished.iter().any(|(q, _)| q == p) {
+                finished.push((*p, Ok(Vec::new())));
+            }
+        }
+        finished.sort_by_key(|(p, _)| std::cmp::Reverse(*p));
+        for (p, reply) in finished {
+            if let Some(pd) = pending.remove(p) {
+                let reply = reply.map(|_| pd.done);
+                self.stats.requests.fetch_add(1, Ordering::Relaxed);
+                let _ = pd.work.reply.send(reply);
+            }
+        }
     }
 }

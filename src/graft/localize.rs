@@ -7,7 +7,7 @@
 
 use super::region::{FlatRegion, RegionSpec};
 use crate::data::{Example, FewShotSplit};
-use crate::model::ops::{with_cpu_slice, write_cpu_f32};
+use crate::model::ops::{with_f32_slice, write_f32};
 use crate::model::predict::InputBuilder;
 use crate::model::{LoadedModel, TextInput};
 use crate::train::{Progress, TaskInstance};
@@ -171,7 +171,7 @@ impl GraftableModel {
     pub fn set_point(&self, frac: &(dyn Fn(usize) -> f32 + Sync)) -> Result<()> {
         for (t, var) in self.inst.params.vars.iter().enumerate() {
             let o = self.region.offsets[t];
-            write_cpu_f32(var.as_tensor(), |w| {
+            write_f32(var.as_tensor(), |w| {
                 for (j, x) in w.iter_mut().enumerate() {
                     let i = o + j;
                     *x = self.pre[i] + frac(i) * self.delta[i];
@@ -208,7 +208,7 @@ impl GraftableModel {
             while cursor < mask.len() && (mask[cursor] as usize) < end {
                 cursor += 1;
             }
-            write_cpu_f32(var.as_tensor(), |w| {
+            write_f32(var.as_tensor(), |w| {
                 w.copy_from_slice(&self.pre[o..end]);
                 for j in start..cursor {
                     w[mask[j] as usize - o] = value(j);
@@ -232,7 +232,7 @@ impl GraftableModel {
         let g = self.inst.params.gradients(&grads)?;
         for (t, gt) in g.iter().enumerate() {
             let o = self.region.offsets[t];
-            with_cpu_slice::<f32, _>(gt, |gs| visit(o, gs))?;
+            with_f32_slice(gt, |gs| visit(o, gs))?;
         }
         Ok(value)
     }
@@ -241,7 +241,7 @@ impl GraftableModel {
     pub fn set_finetuned(&self) -> Result<()> {
         for (t, var) in self.inst.params.vars.iter().enumerate() {
             let (o, end) = (self.region.offsets[t], self.region.offsets[t + 1]);
-            write_cpu_f32(var.as_tensor(), |w| w.copy_from_slice(&self.ft[o..end]))?;
+            write_f32(var.as_tensor(), |w| w.copy_from_slice(&self.ft[o..end]))?;
         }
         Ok(())
     }

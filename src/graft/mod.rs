@@ -11,10 +11,11 @@ pub mod job;
 pub mod localize;
 pub mod overlap;
 pub mod region;
+pub mod synthetic;
 
 use crate::data::TaskSpec;
 use crate::model::heads::HeadSpec;
-use crate::model::ops::{to_f32_vec, with_cpu_slice, write_cpu_f32};
+use crate::model::ops::{scatter_set, to_f32_vec};
 use crate::store::{atomic_write, safetensors_bytes, RawTensor};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
@@ -114,20 +115,69 @@ pub struct Graft {
 /// The values a graft overwrote, to put back.
 #[derive(Debug)]
 pub struct AppliedGraft {
-    saved: Vec<(Tensor, Vec<u32>, Vec<f32>)>,
+    /// (target tensor, indices on its device, the values it held there).
+    saved: Vec<(Tensor, Tensor, Tensor)>,
 }
 
 impl AppliedGraft {
-    /// Restores the overwritten values (bit for bit).
+    /// Restores the overwritten values (bit for bit), on the tensors' own device.
     pub fn revert(self) -> Result<()> {
         for (t, idx, old) in self.saved.into_iter().rev() {
-            write_cpu_f32(&t, |w| {
-                for (&i, &v) in idx.iter().zip(&old) {
-                    w[i as usize] = v;
-                }
-            })?;
+            scatter_set(&t, &idx, &old)?;
         }
         Ok(())
+    }
+}
+
+/// A graft's indices and values uploaded to a device in a model's dtype, ready to be written into the weights
+/// in place (and reverted) without host round trips.
+#[derive(Debug, Clone)]
+pub struct ResidentGraft {
+    /// (tensor name, shape, indices (u32), values in the model's dtype).
+    entries: Vec<(String, Vec<usize>, Tensor, Tensor)>,
+}
+
+impl ResidentGraft {
+    /// Bytes the graft occupies on its device.
+    pub fn bytes(&self) -> usize {
+        self.entries
+            .iter()
+            .map(|(_, _, i, v)| i.elem_count() * 4 + v.elem_count() * v.dtype().size_in_bytes())
+            .sum()
+    }
+
+    /// Writes the values into the model tensors in place and returns what they overwrote.
+    pub fn apply(&self, tensors: &BTreeMap<String, Tensor>) -> Result<AppliedGraft> {
+        let mut applied = AppliedGraft {
+            saved: Vec::with_capacity(self.entries.len()),
+        };
+        let result = (|| -> Result<()> {
+            for (name, shape, idx, values) in &self.entries {
+                let t = tensors.get(name).with_context(|| {
+                    format!("graft touches `{name}`, which the model does not have")
+                })?;
+                if t.dims() != shape.as_slice() {
+                    bail!(
+                        "graft tensor `{name}` has shape {shape:?}, the model {:?}",
+                        t.dims()
+                    );
+                }
+                if t.dtype() != values.dtype() || !t.device().same_device(values.device()) {
+                    bail!("graft tensor `{name}`: made for another dtype or device than the model");
+                }
+                let old = t.flatten_all()?.index_select(idx, 0)?;
+                scatter_set(t, idx, values)?;
+                applied.saved.push((t.clone(), idx.clone(), old));
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => Ok(applied),
+            Err(e) => {
+                applied.revert()?;
+                Err(e)
+            }
+        }
     }
 }
 
@@ -378,42 +428,26 @@ impl Graft {
         Ok(())
     }
 
-    /// Writes the graft's values into the model tensors in place and returns what it overwrote.
-    pub fn apply(&self, tensors: &BTreeMap<String, Tensor>) -> Result<AppliedGraft> {
-        let mut saved = Vec::with_capacity(self.entries.len());
-        let result = (|| -> Result<()> {
-            for e in &self.entries {
-                let t = tensors.get(&e.name).with_context(|| {
-                    format!("graft touches `{}`, which the model does not have", e.name)
-                })?;
-                if t.dims() != e.shape.as_slice() {
-                    bail!(
-                        "graft tensor `{}` has shape {:?}, the model {:?}",
-                        e.name,
-                        e.shape,
-                        t.dims()
-                    );
-                }
-                let old = with_cpu_slice::<f32, _>(t, |w| {
-                    e.indices.iter().map(|&i| w[i as usize]).collect()
-                })?;
-                write_cpu_f32(t, |w| {
-                    for (&i, &v) in e.indices.iter().zip(&e.values) {
-                        w[i as usize] = v;
-                    }
-                })?;
-                saved.push((t.clone(), e.indices.clone(), old));
-            }
-            Ok(())
-        })();
-        let applied = AppliedGraft { saved };
-        match result {
-            Ok(()) => Ok(applied),
-            Err(e) => {
-                applied.revert()?;
-                Err(e)
-            }
+    /// Uploads the graft's indices and values to `device` in `dtype`.
+    pub fn resident(&self, device: &Device, dtype: candle_core::DType) -> Result<ResidentGraft> {
+        let mut entries = Vec::with_capacity(self.entries.len());
+        for e in &self.entries {
+            let n = e.indices.len();
+            let idx = Tensor::from_slice(&e.indices, n, device)?;
+            let values = Tensor::from_slice(&e.values, n, device)?.to_dtype(dtype)?;
+            entries.push((e.name.clone(), e.shape.clone(), idx, values));
         }
+        Ok(ResidentGraft { entries })
+    }
+
+    /// Writes the graft's values into the model tensors in place (on their device) and returns what it
+    /// overwrote.
+    pub fn apply(&self, tensors: &BTreeMap<String, Tensor>) -> Result<AppliedGraft> {
+        let Some(first) = tensors.values().next() else {
+            bail!("graft: the model has no tensors");
+        };
+        let resident = self.resident(first.device(), first.dtype())?;
+        resident.apply(tensors)
     }
 
     /// The head tensors as candle tensors on `device`.

@@ -203,33 +203,34 @@ pub enum TaskHead {
     },
 }
 
-fn mean_pool(hidden: &Tensor, input: &EncoderInput) -> Result<Tensor> {
-    let mask = input.attention_mask.unsqueeze(2)?;
-    let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
-    let counts = input.attention_mask.sum_keepdim(1)?;
+/// Mean over real tokens: `mask` is (batch, seq), 1 for real tokens.
+pub fn mean_pool(hidden: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let summed = hidden.broadcast_mul(&mask.unsqueeze(2)?)?.sum(1)?;
+    let counts = mask.sum_keepdim(1)?;
     summed.broadcast_div(&counts)
 }
 
-fn first_token(hidden: &Tensor) -> Result<Tensor> {
+/// The first token's hidden state.
+pub fn first_token(hidden: &Tensor) -> Result<Tensor> {
     hidden.narrow(1, 0, 1)?.squeeze(1)
 }
 
 fn pool(hidden: &Tensor, input: &EncoderInput, pooling: Pooling) -> Result<Tensor> {
     match pooling {
         Pooling::Cls => first_token(hidden),
-        Pooling::Mean => mean_pool(hidden, input),
+        Pooling::Mean => mean_pool(hidden, &input.attention_mask),
     }
+}
+
+/// L2-normalizes rows (norms clamped at 1e-12).
+pub fn unit_rows(x: &Tensor) -> Result<Tensor> {
+    let norm = x.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+    x.broadcast_div(&norm)
 }
 
 /// Mean-pooled, L2-normalized sentence embeddings (the sentence-transformers recipe).
 pub fn sentence_embeddings(hidden: &Tensor, input: &EncoderInput) -> Result<Tensor> {
-    let pooled = mean_pool(hidden, input)?;
-    let norm = pooled
-        .sqr()?
-        .sum_keepdim(1)?
-        .sqrt()?
-        .clamp(1e-12, f64::MAX)?;
-    pooled.broadcast_div(&norm)
+    unit_rows(&mean_pool(hidden, &input.attention_mask)?)
 }
 
 impl TaskHead {

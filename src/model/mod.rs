@@ -8,6 +8,7 @@ pub mod encoder;
 pub mod export;
 pub mod heads;
 pub mod ops;
+pub mod pooled_head;
 pub mod predict;
 pub mod tokenize;
 pub mod weights;
@@ -88,6 +89,8 @@ pub struct BaseModel {
     pub tokenizer: TextEncoder,
     /// Compute device.
     pub device: candle_core::Device,
+    /// Inference dtype (f32, or bf16/f16 for reduced-precision serving); training always runs in f32.
+    pub dtype: candle_core::DType,
     /// Display name (the directory name).
     pub name: String,
 }
@@ -112,11 +115,12 @@ impl BaseModel {
             model,
             tokenizer,
             device: device.clone(),
+            dtype: candle_core::DType::F32,
             name,
         })
     }
 
-    /// An input builder for a head on this base.
+    /// An input builder for a head on this base (in f32, for training and for f32 inference).
     pub fn inputs(&self, head: HeadSpec) -> predict::InputBuilder {
         predict::InputBuilder {
             tokenizer: self.tokenizer.clone(),
@@ -124,6 +128,14 @@ impl BaseModel {
             head,
             device: self.device.clone(),
             dtype: candle_core::DType::F32,
+        }
+    }
+
+    /// An input builder for inference in this base's dtype.
+    pub fn inference_inputs(&self, head: HeadSpec) -> predict::InputBuilder {
+        predict::InputBuilder {
+            dtype: self.dtype,
+            ..self.inputs(head)
         }
     }
 

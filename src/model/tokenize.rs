@@ -49,6 +49,58 @@ impl EncodedBatch {
         self.mask.iter().filter(|&&m| m != 0).count()
     }
 
+    /// Tokens of row `r` up to its last real one (padding comes last).
+    pub fn row_len(&self, r: usize) -> usize {
+        self.mask
+            .get(r * self.seq..(r + 1) * self.seq)
+            .and_then(|m| m.iter().rposition(|&v| v != 0))
+            .map_or(1, |p| p + 1)
+    }
+
+    /// A batch of the given (batch, row) pairs, padded with `pad` to the longest of them.
+    pub fn from_rows(rows: &[(&EncodedBatch, usize)], pad: u32) -> EncodedBatch {
+        let seq = rows.iter().map(|(b, r)| b.row_len(*r)).max().unwrap_or(1);
+        let n = rows.len();
+        let mut out = EncodedBatch {
+            ids: vec![pad; n * seq],
+            type_ids: vec![0; n * seq],
+            mask: vec![0; n * seq],
+            batch: n,
+            seq,
+            mask_positions: rows
+                .iter()
+                .all(|(b, _)| b.mask_positions.is_some())
+                .then(Vec::new),
+        };
+        for (k, (b, r)) in rows.iter().enumerate() {
+            let len = b.row_len(*r).min(b.seq);
+            let (src, dst) = (r * b.seq, k * seq);
+            out.ids[dst..dst + len].copy_from_slice(&b.ids[src..src + len]);
+            out.type_ids[dst..dst + len].copy_from_slice(&b.type_ids[src..src + len]);
+            out.mask[dst..dst + len].copy_from_slice(&b.mask[src..src + len]);
+            if let (Some(all), Some(p)) = (out.mask_positions.as_mut(), b.mask_positions.as_ref()) {
+                all.push(p.get(*r).copied().unwrap_or(0));
+            }
+        }
+        out
+    }
+
+    /// Rows `range` of this batch (same padded length).
+    pub fn rows(&self, range: std::ops::Range<usize>) -> EncodedBatch {
+        let (a, b) = (range.start * self.seq, range.end * self.seq);
+        EncodedBatch {
+            ids: self.ids[a..b].to_vec(),
+            type_ids: self.type_ids[a..b].to_vec(),
+            mask: self.mask[a..b].to_vec(),
+            batch: range.len(),
+            seq: self.seq,
+            mask_positions: self
+                .mask_positions
+                .as_ref()
+                .map(|p| p[range.clone()].to_vec()),
+        }
+    }
+
     /// Position ids: BERT counts from 0; RoBERTa from `pad + 1` over non-padding tokens (HF's rule).
     pub fn position_ids(&self, arch: Architecture, pad_id: u32) -> Vec<u32> {
         let mut out = vec![0u32; self.ids.len()];
@@ -91,9 +143,15 @@ impl EncodedBatch {
         let position_ids = Tensor::from_vec(self.position_ids(arch, cfg.pad_id()), shape, device)?;
         let maskf: Vec<f32> = self.mask.iter().map(|&m| m as f32).collect();
         let attention_mask = Tensor::from_vec(maskf.clone(), shape, device)?.to_dtype(dtype)?;
+        // Large enough to zero padding in softmax, small enough to stay finite in the compute dtype.
+        let masked = if dtype == DType::F16 {
+            -30_000.0
+        } else {
+            f32::MIN / 2.0
+        };
         let bias: Vec<f32> = maskf
             .iter()
-            .map(|&m| if m > 0.0 { 0.0 } else { f32::MIN / 2.0 })
+            .map(|&m| if m > 0.0 { 0.0 } else { masked })
             .collect();
         let attention_bias =
             Tensor::from_vec(bias, (self.batch, 1, 1, self.seq), device)?.to_dtype(dtype)?;

@@ -127,6 +127,7 @@ impl From<crate::engine::EngineError> for ApiError {
             crate::engine::EngineError::Stopped => {
                 ApiError::new(ErrorKind::Unavailable, e.to_string())
             }
+            crate::engine::EngineError::Task(m) => ApiError::invalid(m),
             crate::engine::EngineError::Failed(m) => ApiError::internal(m),
         }
     }

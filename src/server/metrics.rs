@@ -148,9 +148,39 @@ impl HttpMetrics {
                 s.tokens.load(Ordering::Relaxed),
             ),
             (
+                "skillgraft_padded_tokens_total",
+                "counter",
+                "Tokens the engine computed, padding included.",
+                s.padded_tokens.load(Ordering::Relaxed),
+            ),
+            (
+                "skillgraft_passes_total",
+                "counter",
+                "Forward passes the engine ran (a batch is cut by length into one or more).",
+                s.passes.load(Ordering::Relaxed),
+            ),
+            (
+                "skillgraft_cancelled_requests_total",
+                "counter",
+                "Requests dropped because their client went away.",
+                s.cancelled.load(Ordering::Relaxed),
+            ),
+            (
+                "skillgraft_resident_task_bytes",
+                "gauge",
+                "Bytes of per-task engine state (sparse deltas on the model's device, heads).",
+                s.resident_bytes.load(Ordering::Relaxed) as u64,
+            ),
+            (
+                "skillgraft_resident_tasks",
+                "gauge",
+                "Tasks with engine state built.",
+                s.resident_tasks.load(Ordering::Relaxed) as u64,
+            ),
+            (
                 "skillgraft_graft_applies_total",
                 "counter",
-                "Graft apply+revert pairs.",
+                "In-place graft apply+revert pairs (grafts that touch the embeddings).",
                 s.graft_applies.load(Ordering::Relaxed),
             ),
             (

@@ -5,7 +5,7 @@ pub mod optim;
 
 use crate::data::{Example, FewShotSplit};
 use crate::model::heads::{sentence_embeddings, Classifier};
-use crate::model::ops::{to_f32_vec, write_cpu_f32};
+use crate::model::ops::{to_f32_vec, write_f32};
 use crate::model::predict::{accuracy, InputBuilder};
 use crate::model::{to_hash_map, Architecture, Encoder, LoadedModel, ParamSet, TextInput};
 use anyhow::{bail, Result};
@@ -89,7 +89,7 @@ impl TaskInstance {
     /// Writes values back into the trainable tensors in place.
     pub fn restore(&self, values: &[Vec<f32>]) -> Result<()> {
         for (v, vals) in self.params.vars.iter().zip(values) {
-            write_cpu_f32(v.as_tensor(), |w| w.copy_from_slice(vals))?;
+            write_f32(v.as_tensor(), |w| w.copy_from_slice(vals))?;
         }
         Ok(())
     }

@@ -4,7 +4,7 @@
 //! candle_nn's optimizers build a new tensor per parameter per step (AdamW ~5× slower than torch on this
 //! model); here each parameter is updated by one loop over its values, written in place.
 
-use crate::model::ops::{with_cpu_slice, write_cpu_f32};
+use crate::model::ops::{with_f32_slice, write_f32};
 use crate::model::ParamSet;
 use anyhow::{bail, Result};
 use candle_core::Tensor;
@@ -171,7 +171,7 @@ impl Optimizer {
     pub fn grad_norm(grads: &[Tensor]) -> Result<f64> {
         let mut total = 0f64;
         for g in grads {
-            total += with_cpu_slice::<f32, _>(g, |s| {
+            total += with_f32_slice(g, |s| {
                 s.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()
             })?;
         }
@@ -206,7 +206,7 @@ impl Optimizer {
             let l1 = self.l1.as_ref().map_or(0.0, |(l, _)| *l);
             let config = &self.config;
             let step = self.step;
-            with_cpu_slice::<f32, _>(grad, |g| {
+            with_f32_slice(grad, |g| {
                 let up = Update {
                     grad: g,
                     m: RefCell::new(m.as_mut_slice()),
@@ -217,7 +217,7 @@ impl Optimizer {
                     config,
                     step,
                 };
-                write_cpu_f32(var.as_tensor(), |w| up.apply(w))
+                write_f32(var.as_tensor(), |w| up.apply(w))
             })??;
         }
         Ok(norm)

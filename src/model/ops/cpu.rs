@@ -1,0 +1,323 @@
+//! The CPU side of the fused ops: plain loops over contiguous rows, parallel over row blocks (rayon).
+//!
+//! f32 and f64 run natively (f64 exists for finite-difference checks); bf16 and f16 are widened to f32 row by
+//! row and narrowed back, so reduced-precision inference runs on the CPU too.
+
+use candle_core::{bail, CpuStorage, Layout, Result, Shape, WithDType};
+use half::{bf16, f16};
+use num_traits::Float;
+use rayon::prelude::*;
+
+/// Rows per parallel task are chosen so that each task touches at least this many elements.
+pub(super) const PAR_GRAIN: usize = 32 * 1024;
+
+/// Floating-point element types the CPU kernels compute in.
+pub trait Real:
+    WithDType + Float + Send + Sync + std::iter::Sum + std::ops::AddAssign + std::ops::MulAssign
+{
+    /// The error function.
+    fn erf(self) -> Self;
+}
+
+impl Real for f32 {
+    fn erf(self) -> Self {
+        erf_f32_fast(self)
+    }
+}
+
+impl Real for f64 {
+    fn erf(self) -> Self {
+        candle_core::cpu::erf::erf_f64(self)
+    }
+}
+
+/// Rational approximation of erf in f32 (max abs error ≈ 1e-7 on [-4, 4]; saturates outside).
+#[inline]
+pub(super) fn erf_f32_fast(x: f32) -> f32 {
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let mut p = x2 * -2.726_142_3e-10 + 2.770_681_4e-8;
+    p = p * x2 + -2.101_024e-6;
+    p = p * x2 + -5.692_506_4e-5;
+    p = p * x2 + -7.349_906_3e-4;
+    p = p * x2 + -2.954_6e-3;
+    p = p * x2 + -1.609_603_3e-2;
+    p *= x;
+    let mut q = x2 * -1.456_607_2e-5 + -2.133_740_6e-4;
+    q = q * x2 + -1.682_827e-3;
+    q = q * x2 + -7.373_329_2e-3;
+    q = q * x2 + -1.426_474e-2;
+    p / q
+}
+
+/// The contiguous slice of a CPU storage described by `layout`.
+pub(super) fn contiguous_slice<'a, T: WithDType>(
+    s: &'a CpuStorage,
+    layout: &Layout,
+) -> Result<&'a [T]> {
+    let data = s.as_slice::<T>()?;
+    match layout.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => bail!("fused op: expected a contiguous tensor"),
+    }
+}
+
+/// The size of the last dimension (rows are contiguous runs of it).
+pub(super) fn last_dim(l: &Layout) -> Result<usize> {
+    match l.dims().last() {
+        Some(&d) if d > 0 => Ok(d),
+        _ => bail!("fused op: tensor has no (or an empty) last dimension"),
+    }
+}
+
+/// Runs `f(rows_in, rows_out)` over row blocks of width `d`, in parallel when the tensor is large.
+pub(super) fn par_rows<T: Send + Sync, U: Send>(
+    input: &[T],
+    output: &mut [U],
+    d: usize,
+    f: impl Fn(&[T], &mut [U]) + Sync + Send,
+) {
+    let rows_per_task = (PAR_GRAIN / d.max(1)).max(1);
+    let chunk = rows_per_task * d;
+    if input.len() <= chunk {
+        f(input, output);
+    } else {
+        input
+            .par_chunks(chunk)
+            .zip(output.par_chunks_mut(chunk))
+            .for_each(|(i, o)| f(i, o));
+    }
+}
+
+/// Operands of a row-wise op: up to three contiguous inputs of one dtype.
+pub(super) type Operand<'a> = (&'a CpuStorage, &'a Layout);
+
+/// Runs a row-wise op over `ops` in their dtype: `run` computes in f32 or f64 from slices; bf16/f16 inputs are
+/// widened to f32 first and the result narrowed back. The output has the first operand's shape.
+pub(super) fn dispatch<const N: usize>(
+    name: &str,
+    ops: [Operand<'_>; N],
+    run32: impl Fn([&[f32]; N]) -> Result<Vec<f32>>,
+    run64: impl Fn([&[f64]; N]) -> Result<Vec<f64>>,
+) -> Result<(CpuStorage, Shape)> {
+    let shape = ops[0].1.shape().clone();
+    fn slices<'a, T: WithDType, const N: usize>(ops: &[Operand<'a>; N]) -> Result<[&'a [T]; N]> {
+        let mut out: [&[T]; N] = [&[]; N];
+        for (o, (s, l)) in out.iter_mut().zip(ops.iter()) {
+            *o = contiguous_slice::<T>(s, l)?;
+        }
+        Ok(out)
+    }
+    fn widened<T: WithDType, const N: usize>(
+        ops: &[Operand<'_>; N],
+        widen: impl Fn(T) -> f32,
+    ) -> Result<[Vec<f32>; N]> {
+        let mut out: [Vec<f32>; N] = std::array::from_fn(|_| Vec::new());
+        for (o, (s, l)) in out.iter_mut().zip(ops.iter()) {
+            *o = contiguous_slice::<T>(s, l)?
+                .iter()
+                .map(|&v| widen(v))
+                .collect();
+        }
+        Ok(out)
+    }
+    let out = match ops[0].0 {
+        CpuStorage::F32(_) => CpuStorage::F32(run32(slices::<f32, N>(&ops)?)?),
+        CpuStorage::F64(_) => CpuStorage::F64(run64(slices::<f64, N>(&ops)?)?),
+        CpuStorage::BF16(_) => {
+            let w = widened::<bf16, N>(&ops, bf16::to_f32)?;
+            let y = run32(std::array::from_fn(|i| w[i].as_slice()))?;
+            CpuStorage::BF16(y.into_iter().map(bf16::from_f32).collect())
+        }
+        CpuStorage::F16(_) => {
+            let w = widened::<f16, N>(&ops, f16::to_f32)?;
+            let y = run32(std::array::from_fn(|i| w[i].as_slice()))?;
+            CpuStorage::F16(y.into_iter().map(f16::from_f32).collect())
+        }
+        other => bail!(
+            "{name}: unsupported dtype {:?}",
+            candle_core::backend::BackendStorage::dtype(other)
+        ),
+    };
+    Ok((out, shape))
+}
+
+// ---------------------------------------------------------------------------------------------- LayerNorm
+
+/// `(x - mean) / sqrt(var + eps) * g + b` for each row of width `d`.
+pub(super) fn layer_norm_rows<T: Real>(x: &[T], g: &[T], b: &[T], y: &mut [T], d: usize, eps: T) {
+    let n = T::from(d).unwrap_or_else(T::one);
+    for (xr, yr) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
+        let mean = xr.iter().copied().sum::<T>() / n;
+        let var = xr.iter().map(|&v| (v - mean) * (v - mean)).sum::<T>() / n;
+        let rstd = T::one() / (var + eps).sqrt();
+        for j in 0..d {
+            yr[j] = (xr[j] - mean) * rstd * g[j] + b[j];
+        }
+    }
+}
+
+/// LayerNorm forward over rows of width `d`.
+pub(super) fn layer_norm<T: Real>(x: &[T], g: &[T], b: &[T], d: usize, eps: f64) -> Result<Vec<T>> {
+    if g.len() != d || b.len() != d {
+        bail!(
+            "layer norm: gamma/beta have {} / {} values, expected {d}",
+            g.len(),
+            b.len()
+        );
+    }
+    let eps = T::from(eps).unwrap_or_else(T::epsilon);
+    let mut y = vec![T::zero(); x.len()];
+    par_rows(x, &mut y, d, |xi, yo| layer_norm_rows(xi, g, b, yo, d, eps));
+    Ok(y)
+}
+
+/// LayerNorm backward: (dx, dgamma, dbeta). Partial dgamma/dbeta sums per task are reduced in task order,
+/// so the result is deterministic.
+pub(super) fn layer_norm_backward<T: Real>(
+    x: &[T],
+    g: &[T],
+    dy: &[T],
+    d: usize,
+    eps: f64,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let n = T::from(d).unwrap_or_else(T::one);
+    let eps = T::from(eps).unwrap_or_else(T::epsilon);
+    let mut dx = vec![T::zero(); x.len()];
+    let rows = x.len() / d;
+    let rows_per_task = (PAR_GRAIN / d).max(1);
+    let partials: Vec<(Vec<T>, Vec<T>)> = dx
+        .par_chunks_mut(rows_per_task * d)
+        .enumerate()
+        .map(|(task, dxo)| {
+            let mut dg = vec![T::zero(); d];
+            let mut db = vec![T::zero(); d];
+            let r0 = task * rows_per_task;
+            for (r, dxr) in dxo.chunks_exact_mut(d).enumerate() {
+                let row = r0 + r;
+                if row >= rows {
+                    break;
+                }
+                let xr = &x[row * d..(row + 1) * d];
+                let dyr = &dy[row * d..(row + 1) * d];
+                let mean = xr.iter().copied().sum::<T>() / n;
+                let var = xr.iter().map(|&v| (v - mean) * (v - mean)).sum::<T>() / n;
+                let rstd = T::one() / (var + eps).sqrt();
+                let mut sum_gdy = T::zero();
+                let mut sum_gdy_xhat = T::zero();
+                for j in 0..d {
+                    let xhat = (xr[j] - mean) * rstd;
+                    let gdy = g[j] * dyr[j];
+                    sum_gdy += gdy;
+                    sum_gdy_xhat += gdy * xhat;
+                    dg[j] += dyr[j] * xhat;
+                    db[j] += dyr[j];
+                }
+                let m1 = sum_gdy / n;
+                let m2 = sum_gdy_xhat / n;
+                for j in 0..d {
+                    let xhat = (xr[j] - mean) * rstd;
+                    dxr[j] = rstd * (g[j] * dyr[j] - m1 - xhat * m2);
+                }
+            }
+            (dg, db)
+        })
+        .collect();
+    let mut dgamma = vec![T::zero(); d];
+    let mut dbeta = vec![T::zero(); d];
+    for (dg, db) in partials {
+        for j in 0..d {
+            dgamma[j] += dg[j];
+            dbeta[j] += db[j];
+        }
+    }
+    (dx, dgamma, dbeta)
+}
+
+// ------------------------------------------------------------------------------------------------ Softmax
+
+fn softmax_rows<T: Real>(x: &[T], y: &mut [T], d: usize) {
+    for (xr, yr) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
+        let max = xr
+            .iter()
+            .copied()
+            .fold(T::neg_infinity(), <T as Float>::max);
+        let mut sum = T::zero();
+        for j in 0..d {
+            let e = (xr[j] - max).exp();
+            yr[j] = e;
+            sum += e;
+        }
+        let inv = T::one() / sum;
+        for v in yr.iter_mut() {
+            *v *= inv;
+        }
+    }
+}
+
+/// Softmax over rows of width `d`.
+pub(super) fn softmax<T: Real>(x: &[T], d: usize) -> Vec<T> {
+    let mut y = vec![T::zero(); x.len()];
+    par_rows(x, &mut y, d, |xi, yo| softmax_rows(xi, yo, d));
+    y
+}
+
+/// Softmax backward from its output `y`: `dx = y (dy - Σ y dy)` per row.
+pub(super) fn softmax_backward<T: Real>(y: &[T], dy: &[T], d: usize) -> Vec<T> {
+    let mut dx = vec![T::zero(); y.len()];
+    let rows_per_task = (PAR_GRAIN / d).max(1);
+    dx.par_chunks_mut(rows_per_task * d)
+        .enumerate()
+        .for_each(|(task, dxo)| {
+            let base = task * rows_per_task * d;
+            for (r, dxr) in dxo.chunks_exact_mut(d).enumerate() {
+                let off = base + r * d;
+                let yr = &y[off..off + d];
+                let dyr = &dy[off..off + d];
+                let dot = yr.iter().zip(dyr).map(|(&a, &b)| a * b).sum::<T>();
+                for j in 0..d {
+                    dxr[j] = yr[j] * (dyr[j] - dot);
+                }
+            }
+        });
+    dx
+}
+
+// --------------------------------------------------------------------------------------------------- GELU
+
+fn gelu_slice<T: Real>(x: &[T], y: &mut [T]) {
+    let half = T::from(0.5).unwrap_or_else(T::one);
+    let inv_sqrt2 = T::from(std::f64::consts::FRAC_1_SQRT_2).unwrap_or_else(T::one);
+    for (o, &v) in y.iter_mut().zip(x) {
+        *o = half * v * (T::one() + (v * inv_sqrt2).erf());
+    }
+}
+
+fn gelu_grad_slice<T: Real>(x: &[T], dy: &[T], dx: &mut [T]) {
+    let half = T::from(0.5).unwrap_or_else(T::one);
+    let inv_sqrt2 = T::from(std::f64::consts::FRAC_1_SQRT_2).unwrap_or_else(T::one);
+    let inv_sqrt_2pi = T::from(0.398_942_280_401_432_7).unwrap_or_else(T::one);
+    for ((o, &v), &g) in dx.iter_mut().zip(x).zip(dy) {
+        let cdf = half * (T::one() + (v * inv_sqrt2).erf());
+        let pdf = inv_sqrt_2pi * (-half * v * v).exp();
+        *o = g * (cdf + v * pdf);
+    }
+}
+
+/// Exact (erf) GELU, elementwise.
+pub(super) fn gelu<T: Real>(x: &[T]) -> Vec<T> {
+    let mut y = vec![T::zero(); x.len()];
+    par_rows(x, &mut y, 1, gelu_slice);
+    y
+}
+
+/// GELU backward: `dy · (Φ(x) + x φ(x))`.
+pub(super) fn gelu_backward<T: Real>(x: &[T], dy: &[T]) -> Vec<T> {
+    let mut dx = vec![T::zero(); x.len()];
+    let chunk = PAR_GRAIN;
+    dx.par_chunks_mut(chunk).enumerate().for_each(|(i, o)| {
+        let a = i * chunk;
+        gelu_grad_slice(&x[a..a + o.len()], &dy[a..a + o.len()], o)
+    });
+    dx
+}
