@@ -115,6 +115,45 @@ fn finetune_localize_evaluate_overlap_compose_export() {
         "fine-tuning should learn SST-2: {v}"
     );
 
+    // The serving engine (`predict`) scores the test set as the evaluation did, and bf16 agrees with f32.
+    let predict = |dtype: &str| {
+        let out = p(&format!("pred-{dtype}.json"));
+        run_json(
+            &[
+                "predict",
+                "--graft",
+                &g1,
+                "--max-test",
+                "100",
+                "--k",
+                "16",
+                "--seed",
+                "13",
+                "--dtype",
+                dtype,
+                "--out",
+                &out,
+            ],
+            &model,
+        );
+        let v: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+        v
+    };
+    let (p32, p16) = (predict("f32"), predict("bf16"));
+    assert!(
+        (p32["accuracy"].as_f64().unwrap() - acc(v, "graft")).abs() < 1e-9,
+        "engine accuracy {} vs evaluated graft {}",
+        p32["accuracy"],
+        acc(v, "graft")
+    );
+    let (a, b) = (
+        p32["predictions"].as_array().unwrap(),
+        p16["predictions"].as_array().unwrap(),
+    );
+    assert_eq!(a.len(), 100);
+    let agree = a.iter().zip(b).filter(|(x, y)| x == y).count();
+    assert!(agree >= 98, "bf16 agrees with f32 on {agree} of 100");
+
     let r = run_json(
         &[
             "evaluate",

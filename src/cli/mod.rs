@@ -194,6 +194,10 @@ struct ServeArgs {
     /// tasks are rebuilt on their next request.
     #[arg(long, env = "SKILLGRAFT_MAX_RESIDENT_BYTES", default_value_t = 1 << 30)]
     max_resident_bytes: usize,
+    /// Cost of one forward pass in padded tokens when the engine cuts a batch by length (0 = by device:
+    /// 32 on the CPU, 1024 on a GPU; a huge value = one pass padded to the longest text).
+    #[arg(long, env = "SKILLGRAFT_PASS_OVERHEAD_TOKENS", default_value_t = 0)]
+    pass_overhead_tokens: usize,
 }
 
 /// Where the base model is and how to run it.
@@ -1177,7 +1181,7 @@ fn cmd_serve(a: ServeArgs) -> Result<()> {
             max_wait: std::time::Duration::from_millis(a.batch_wait_ms),
             threads,
             max_resident_bytes: a.max_resident_bytes,
-            pass_overhead_tokens: 0,
+            pass_overhead_tokens: a.pass_overhead_tokens,
         },
     };
     eprintln!(

@@ -32,6 +32,10 @@ pub struct PredictArgs {
     /// Write every prediction (label index, logits) as JSON here.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Cost of one forward pass in padded tokens when the engine cuts batches by length (0 = by device;
+    /// a huge value = every batch padded to its longest text).
+    #[arg(long, env = "SKILLGRAFT_PASS_OVERHEAD_TOKENS", default_value_t = 0)]
+    pass_overhead_tokens: usize,
 }
 
 /// Reads non-empty lines of a file (or standard input for `-`).
@@ -83,6 +87,7 @@ pub fn run_predict(a: PredictArgs) -> Result<()> {
         &base,
         EngineConfig {
             threads: rayon::current_num_threads(),
+            pass_overhead_tokens: a.pass_overhead_tokens,
             ..Default::default()
         },
     )?;
@@ -112,10 +117,14 @@ pub fn run_predict(a: PredictArgs) -> Result<()> {
         .as_ref()
         .map(|y| predictions.iter().zip(y).filter(|(p, y)| p == y).count() as f64 / y.len() as f64);
     let dtype = format!("{:?}", base.dtype).to_lowercase();
+    let s = engine.stats();
     let summary = serde_json::json!({
         "graft": a.graft, "device": format!("{:?}", base.device), "dtype": dtype,
         "examples": texts.len(), "accuracy": accuracy, "seconds": seconds,
         "sentences_per_s": texts.len() as f64 / seconds,
+        "forward_passes": s.passes.load(std::sync::atomic::Ordering::Relaxed),
+        "real_tokens": s.tokens.load(std::sync::atomic::Ordering::Relaxed),
+        "padded_tokens": s.padded_tokens.load(std::sync::atomic::Ordering::Relaxed),
     });
     if let Some(out) = &a.out {
         let mut full = summary.clone();
