@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_serve;
+mod bench_worker;
 mod engine_bench;
 mod predict;
 mod selfcheck;
@@ -60,6 +61,9 @@ enum Command {
     Selfcheck(selfcheck::SelfcheckArgs),
     /// Time forward, forward+backward, optimizer steps and a localization job.
     Bench(bench::BenchArgs),
+    /// Timing requests over stdin/stdout for benches/compare.py (interleaved with PyTorch and ONNX Runtime).
+    #[command(hide = true)]
+    BenchWorker(bench_worker::BenchWorkerArgs),
     /// Run the HTTP service on the base model.
     Serve(ServeArgs),
     /// Drive a server (started as a second process) with 1 vs many tasks: throughput, latency, memory.
@@ -628,6 +632,7 @@ impl Command {
             Command::Embed(a) => &a.model,
             Command::Selfcheck(a) => &a.model,
             Command::Bench(a) => &a.model,
+            Command::BenchWorker(a) => &a.model,
             Command::Serve(a) => &a.model,
             Command::BenchServe(a) => &a.model,
             Command::Study(a) => &a.model,
@@ -657,6 +662,7 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Embed(a) => predict::run_embed(a),
         Command::Selfcheck(a) => selfcheck::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::BenchWorker(a) => bench_worker::run(a),
         Command::Serve(a) => cmd_serve(a),
         Command::BenchServe(a) => bench_serve::run(a),
         Command::Study(a) => cmd_study(a),
