@@ -81,7 +81,8 @@ fn synced<T>(device: &candle_core::Device, f: impl FnOnce() -> Result<T>) -> Res
     Ok(out)
 }
 
-fn random_batch(batch: usize, seq: usize, seed: u64) -> EncodedBatch {
+/// A batch of random token ids, every token real.
+pub(super) fn random_batch(batch: usize, seq: usize, seed: u64) -> EncodedBatch {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let ids: Vec<u32> = (0..batch * seq)
         .map(|_| rng.random_range(1000..20000))

@@ -4,24 +4,8 @@ use crate::engine::{Engine, EngineConfig, ServedTask};
 use crate::graft::synthetic::SyntheticTasks;
 use crate::model::{BaseModel, EncodedBatch};
 use anyhow::Result;
-use rand::{Rng, SeedableRng};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn random_tokens(rows: usize, seq: usize, seed: u64) -> EncodedBatch {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let ids: Vec<u32> = (0..rows * seq)
-        .map(|_| rng.random_range(1000..20000))
-        .collect();
-    EncodedBatch {
-        type_ids: vec![0; ids.len()],
-        mask: vec![1; ids.len()],
-        ids,
-        batch: rows,
-        seq,
-        mask_positions: None,
-    }
-}
 
 /// Median seconds for the serving engine to answer one batch of `rows` × `seq` tokens whose rows belong to
 /// `tasks` synthetic tasks (row r to task r mod tasks, one request per task; successive batches rotate
@@ -54,7 +38,7 @@ pub fn engine_batch_seconds(
             ..Default::default()
         },
     )?;
-    let tokens = random_tokens(rows, seq, 7);
+    let tokens = super::bench::random_batch(rows, seq, 7);
     let run_batch = |offset: usize| -> Result<()> {
         let mut requests: Vec<(Arc<ServedTask>, Vec<usize>)> = Vec::new();
         for r in 0..rows {

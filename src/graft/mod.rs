@@ -92,6 +92,27 @@ pub struct GraftEntry {
     pub values: Vec<f32>,
 }
 
+impl GraftEntry {
+    /// The base tensor this entry changes, checked to exist with the entry's shape.
+    pub fn base_tensor<'t>(&self, tensors: &'t BTreeMap<String, Tensor>) -> Result<&'t Tensor> {
+        let Some(t) = tensors.get(&self.name) else {
+            bail!(
+                "graft touches `{}`, which the base does not have",
+                self.name
+            );
+        };
+        if t.dims() != self.shape.as_slice() {
+            bail!(
+                "graft tensor `{}` has shape {:?}, the base {:?}",
+                self.name,
+                self.shape,
+                t.dims()
+            );
+        }
+        Ok(t)
+    }
+}
+
 /// A head tensor carried by a graft.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HeadTensor {
@@ -413,17 +434,7 @@ impl Graft {
             );
         }
         for e in &self.entries {
-            let Some(t) = tensors.get(&e.name) else {
-                bail!("graft touches `{}`, which the base does not have", e.name);
-            };
-            if t.dims() != e.shape.as_slice() {
-                bail!(
-                    "graft tensor `{}` has shape {:?}, the base {:?}",
-                    e.name,
-                    e.shape,
-                    t.dims()
-                );
-            }
+            e.base_tensor(tensors)?;
         }
         Ok(())
     }
