@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod error;
+pub mod explore;
 pub mod jobs;
 pub mod metrics;
 pub mod openapi;
@@ -266,6 +267,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/tasks/{name}/evaluate", post(api::evaluate))
         .route("/v1/overlap", get(api::overlap))
         .route("/v1/compositions", post(api::compose))
+        .merge(explore::routes())
         .layer(DefaultBodyLimit::max(cfg.max_json_bytes))
         .merge(uploads)
         .layer(middleware::from_fn_with_state(state.clone(), auth));
