@@ -10,6 +10,7 @@ pub mod explore;
 pub mod jobs;
 pub mod metrics;
 pub mod openapi;
+pub mod ui;
 
 use crate::engine::{Engine, EngineConfig, ServedTask};
 use crate::graft::Graft;
@@ -277,6 +278,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(api::metrics))
         .route("/openapi.json", get(openapi::spec))
         .route("/docs", get(openapi::docs))
+        .merge(ui::routes())
         .merge(v1)
         .fallback(|| async { ApiError::not_found("no such route (see /docs)") })
         .layer(middleware::from_fn(error::json_errors))
