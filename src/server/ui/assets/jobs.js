@@ -156,7 +156,7 @@ export function renderList(main, ctx) {
   main.append(uploadCard(ctx, (c) => { start.checkpoint.value = c.id; }), start.form);
   const line = statusLine();
   const table = h('table', { class: 'data', id: 'jobs-table' });
-  main.append(h('section', { class: 'card', 'aria-labelledby': 'h-jobs' }, h('h2', { id: 'h-jobs' }, 'All jobs'), line, h('div', { class: 'table-wrap' }, table)));
+  main.append(h('section', { class: 'card', 'aria-labelledby': 'h-jobs' }, h('h2', { id: 'h-jobs' }, 'All jobs'), line, h('div', { class: 'table-wrap', tabindex: 0, role: 'region', 'aria-label': 'Jobs table' }, table)));
   const refresh = () => api.get('/v1/localizations', ctx.signal).then((jobs) => {
     if (!jobs.length) line.textContent = 'No jobs yet.';
     replace(table,
@@ -198,7 +198,7 @@ export function renderJob(main, ctx, id) {
   const message = h('p', { id: 'job-message', role: 'status', 'aria-live': 'polite' });
   const cancel = h('button', { type: 'button', id: 'job-cancel', class: 'danger', hidden: true }, 'Cancel job');
   const chart = h('div', { class: 'charts', id: 'job-chart' });
-  const log = h('ol', { id: 'job-log', class: 'log', 'aria-label': 'Progress events' });
+  const log = h('ol', { id: 'job-log', class: 'log', 'aria-label': 'Progress events', tabindex: 0 });
   const result = h('div', { id: 'job-result' });
   main.append(facts,
     h('section', { class: 'card', 'aria-labelledby': 'h-progress' },

@@ -51,11 +51,11 @@ export function renderList(main, ctx) {
     h('p', { class: 'lede' }, 'Every task served from the one base model. Accuracy and calibration error (ECE) are the graft\'s on its test set, measured when it was made; "after T" is with the temperature fitted on dev, which prediction applies.'),
     line,
   );
-  const filter = h('input', { type: 'search', id: 'task-filter', placeholder: 'name, label, head or method' });
+  const filter = h('input', { type: 'search', id: 'task-filter', placeholder: 'name, label, head or method', size: 28 });
   const [filterField] = field('Filter tasks', filter);
   const count = h('p', { class: 'count', id: 'task-count', 'aria-live': 'polite' });
   const table = h('table', { class: 'data', id: 'task-table' });
-  main.append(h('div', { class: 'toolbar' }, filterField, count), h('div', { class: 'table-wrap' }, table));
+  main.append(h('div', { class: 'toolbar' }, filterField, count), h('div', { class: 'table-wrap', tabindex: 0, role: 'region', 'aria-label': 'Tasks table' }, table));
   let rows = [];
   let sortKey = 'name';
   let ascending = true;
