@@ -216,6 +216,84 @@ fn names(v: &Value) -> Vec<String> {
         .collect()
 }
 
+/// The routes the explorer added to the API: roles, data sets, placement, calibration, examples.
+fn explorer_api(s: &Server, sst2_graft: &Path) {
+    let role = |key: Option<&str>| {
+        let auth = key.map(|k| format!("Bearer {k}"));
+        let h: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+        common::http::request(&s.addr, "GET", "/v1/session", &h, b"")
+    };
+    assert_eq!(role(None).status, 401);
+    assert_eq!(
+        role(Some(READER)).json(),
+        json!({"auth_required": true, "role": "reader", "can_write": false})
+    );
+    assert_eq!(role(Some(ADMIN)).json()["role"], "admin");
+    let sets = s.get("/v1/datasets").json();
+    assert_eq!(sets.as_array().unwrap().len(), 6);
+    assert_eq!(
+        sets[0],
+        json!({"name": "sst2", "labels": ["negative", "positive"], "available": true})
+    );
+
+    let p = s.get("/v1/tasks/sst2/placement").json();
+    let sum = |grid: &Value| -> u64 {
+        grid.as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.as_array().unwrap())
+            .map(|c| c.as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(sum(&p["counts"]), p["graft_size"].as_u64().unwrap());
+    assert_eq!(sum(&p["region_counts"]), p["region_size"].as_u64().unwrap());
+    assert_eq!(s.get("/v1/tasks/nope/placement").status, 404);
+
+    let c = s.get("/v1/tasks/sst2/calibration").json();
+    let task = s.get("/v1/tasks/sst2").json();
+    assert_eq!(c["temperature"], task["temperature"]);
+    let graft = c["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "graft")
+        .unwrap();
+    assert_eq!(graft["before"]["temperature"], 1.0);
+    assert_eq!(graft["after"]["temperature"], graft["temperature"]);
+    assert_eq!(graft["before"]["bins"].as_array().unwrap().len(), 10);
+
+    let ex = s.get("/v1/tasks/sst2/examples?limit=5").json();
+    assert_eq!(ex["dataset"], "sst2");
+    let ex = ex["examples"].as_array().unwrap();
+    assert_eq!(ex.len(), 5);
+    assert!(ex
+        .iter()
+        .all(|e| e["label"] == "negative" || e["label"] == "positive"));
+    assert_eq!(s.get("/v1/tasks/sst2/examples?limit=0").status, 400);
+    // A graft whose task names its own data files gets no examples: the server never reads paths a graft names.
+    let mut g = skillgraft::graft::Graft::from_bytes(&std::fs::read(sst2_graft).unwrap()).unwrap();
+    if let Some(t) = g.manifest.task.as_mut() {
+        t.source = Some(skillgraft::data::DataSource::Single {
+            file: "../../../etc/passwd".into(),
+        });
+    }
+    let r = s.call(
+        "PUT",
+        "/v1/tasks/sneaky/graft",
+        &g.to_bytes().unwrap(),
+        "application/octet-stream",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = s.get("/v1/tasks/sneaky/examples");
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert!(!r.text().contains("root:"));
+    assert_eq!(
+        s.call("DELETE", "/v1/tasks/sneaky", b"", "application/json")
+            .status,
+        204
+    );
+}
+
 fn task_names(s: &Server) -> Vec<String> {
     s.get("/v1/tasks")
         .json()
@@ -261,6 +339,7 @@ fn explorer_in_a_real_browser() {
         );
         assert_eq!(r.status, 200, "{}", r.text());
     }
+    explorer_api(&s, &sst2[0]);
     let tar_path = work.join("ckpt.tar");
     std::fs::write(&tar_path, tar_dir(&ft_sst2)).unwrap();
     let before = task_names(&s);
