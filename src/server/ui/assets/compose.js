@@ -90,7 +90,7 @@ export function render(main, ctx) {
           h('tbody', {}, r.members.map((m) => h('tr', { 'data-task': m.task, 'data-alone': m.alone ?? '', 'data-composed': m.composed ?? '' },
             h('th', { scope: 'row' }, m.task), h('td', { class: 'num' }, m.examples ?? '—'),
             h('td', { class: 'num' }, pct(m.alone)), h('td', { class: 'num' }, pct(m.composed)),
-            h('td', { class: 'num' }, Number.isFinite(m.alone) ? `${(100 * (m.composed - m.alone)).toFixed(1)} pts` : '—'))))),
+            h('td', { class: 'num' }, Number.isFinite(m.alone) ? `${m.composed >= m.alone ? '+' : '−'}${Math.abs(100 * (m.composed - m.alone)).toFixed(1)} pts` : '—'))))),
         rows.length ? h('div', { class: 'charts' }, bars('Accuracy alone and composed', rows.map((m) => m.task), [
           { name: 'alone', color: '#7f7f7f', values: rows.map((m) => m.alone) },
           { name: 'composed', color: '#d62728', values: rows.map((m) => m.composed) },
