@@ -326,12 +326,14 @@ pub struct TaskExamples {
     pub task: String,
     /// The built-in data set.
     pub dataset: String,
-    /// The first `limit` examples of its test split (official test set, or the fixed held-out sample).
+    /// `limit` examples of its test split (the official test set, or the held-out sample of single-file
+    /// sets), sampled with a fixed seed: those a localization job with `max_test = limit` evaluates on.
     pub examples: Vec<LabelledExample>,
 }
 
-/// The first examples of the test split of the built-in data set the task was made from (labels as class
-/// names, ready for `evaluate` or a composition's `data`). Only built-in data sets are served.
+/// Held-out examples of the built-in data set the task was made from: a fixed sample of its test split, the
+/// one a job with `max_test = limit` evaluates on (labels as class names, ready for `evaluate` or a
+/// composition's `data`). Only built-in data sets are served.
 #[utoipa::path(get, path = "/v1/tasks/{name}/examples", params(("name" = String, Path), ExamplesQuery),
     responses((status = 200, body = TaskExamples), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn task_examples(
