@@ -10,6 +10,7 @@ pub mod evaluate;
 pub mod job;
 pub mod localize;
 pub mod overlap;
+pub mod placement;
 pub mod region;
 pub mod synthetic;
 

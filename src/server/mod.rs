@@ -6,9 +6,11 @@
 
 pub mod api;
 pub mod error;
+pub mod explore;
 pub mod jobs;
 pub mod metrics;
 pub mod openapi;
+pub mod ui;
 
 use crate::engine::{Engine, EngineConfig, ServedTask};
 use crate::graft::Graft;
@@ -266,6 +268,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/tasks/{name}/evaluate", post(api::evaluate))
         .route("/v1/overlap", get(api::overlap))
         .route("/v1/compositions", post(api::compose))
+        .merge(explore::routes())
         .layer(DefaultBodyLimit::max(cfg.max_json_bytes))
         .merge(uploads)
         .layer(middleware::from_fn_with_state(state.clone(), auth));
@@ -275,6 +278,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(api::metrics))
         .route("/openapi.json", get(openapi::spec))
         .route("/docs", get(openapi::docs))
+        .merge(ui::routes())
         .merge(v1)
         .fallback(|| async { ApiError::not_found("no such route (see /docs)") })
         .layer(middleware::from_fn(error::json_errors))

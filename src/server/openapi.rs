@@ -1,7 +1,7 @@
 //! The OpenAPI document (utoipa), served at `/openapi.json` and committed at `openapi/openapi.json`, and a
 //! human-readable docs page at `/docs`.
 
-use super::api;
+use super::{api, explore};
 use axum::response::{Html, IntoResponse};
 use utoipa::OpenApi;
 
@@ -16,6 +16,8 @@ use utoipa::OpenApi;
         api::localization_events,
         api::list_tasks, api::get_task, api::put_graft, api::get_graft, api::delete_task,
         api::predict, api::evaluate, api::overlap, api::compose,
+        explore::session, explore::datasets, explore::task_placement, explore::task_calibration,
+        explore::task_examples,
     ),
     components(schemas(
         api::Health, api::Info, api::CheckpointInfo, api::TaskSummary, api::PredictInput, api::PredictRequest,
@@ -23,6 +25,8 @@ use utoipa::OpenApi;
         api::CompositionRequest, api::CompositionResponse,
         super::jobs::LocalizationRequest, super::jobs::JobStatus, super::jobs::JobState,
         super::error::ErrorBody, super::error::ErrorDetail,
+        explore::Session, explore::Dataset, explore::TaskPlacement, explore::Bin, explore::Curve,
+        explore::VariantCalibration, explore::TaskCalibration, explore::LabelledExample, explore::TaskExamples,
     )),
     modifiers(&BearerAuth),
 )]
