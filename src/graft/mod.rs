@@ -11,6 +11,7 @@ pub mod job;
 pub mod localize;
 pub mod overlap;
 pub mod region;
+pub mod validate;
 
 use crate::data::TaskSpec;
 use crate::model::heads::HeadSpec;
