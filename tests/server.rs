@@ -99,6 +99,7 @@ fn service_end_to_end_over_http() {
         "admin-key",
         "--max-json-bytes",
         "65536",
+        "--metrics-per-task",
     ];
     let mut s = Server::start(&model, &state, &keys);
     s.auth = Some("admin-key".into());
@@ -166,6 +167,30 @@ fn service_end_to_end_over_http() {
     );
     assert_eq!(r.status, 201, "{}", r.text());
     let ckpt = r.json()["id"].as_str().unwrap().to_string();
+    // Files a checkpoint does not need are not kept.
+    let mut with_junk = tar::Builder::new(Vec::new());
+    for (name, data) in [
+        ("ckpt/notes.txt", b"x".to_vec()),
+        ("ckpt/x.safetensors", b"x".to_vec()),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        with_junk
+            .append_data(&mut h, name, data.as_slice())
+            .unwrap();
+    }
+    let mut body = with_junk.into_inner().unwrap();
+    body.truncate(body.len() - 1024);
+    body.extend(tar_of(&ft, &files, None));
+    let r = s.call("POST", "/v1/checkpoints", &body, "application/x-tar");
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(
+        r.json()["files"],
+        json!(files),
+        "only checkpoint files are kept"
+    );
     assert_eq!(
         s.get(&format!("/v1/checkpoints/{ckpt}")).json()["id"],
         ckpt.as_str()
