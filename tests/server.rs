@@ -3,63 +3,16 @@
 
 mod common;
 
+use common::checkpoint::{finetune_quick, tar_of};
 use common::http::{request, Server};
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("sg-srv-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-/// A tar archive of the given files of a directory (names flattened).
-fn tar_of(dir: &Path, files: &[&str], replace: Option<(&str, Vec<u8>)>) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for f in files {
-        let data = match &replace {
-            Some((n, d)) if n == f => d.clone(),
-            _ => std::fs::read(dir.join(f)).unwrap(),
-        };
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        b.append_data(&mut h, format!("ckpt/{f}"), data.as_slice())
-            .unwrap();
-    }
-    b.into_inner().unwrap()
-}
-
-fn finetune_quick(model: &Path, out: &Path) {
-    let st = Command::new(env!("CARGO_BIN_EXE_skillgraft"))
-        .args([
-            "finetune",
-            "--task",
-            "sst2",
-            "--k",
-            "8",
-            "--steps",
-            "16",
-            "--eval-every",
-            "8",
-            "--max-test",
-            "10",
-            "--model",
-        ])
-        .arg(model)
-        .arg("--out")
-        .arg(out)
-        .env("SKILLGRAFT_DATA_DIR", common::data_dir())
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
 }
 
 fn wait_job(s: &Server, id: &str) -> Value {

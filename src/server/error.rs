@@ -61,7 +61,7 @@ impl ErrorKind {
         match status {
             StatusCode::UNAUTHORIZED => ErrorKind::Unauthorized,
             StatusCode::FORBIDDEN => ErrorKind::Forbidden,
-            StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => ErrorKind::NotFound,
+            StatusCode::NOT_FOUND => ErrorKind::NotFound,
             StatusCode::REQUEST_TIMEOUT => ErrorKind::Timeout,
             StatusCode::CONFLICT => ErrorKind::Conflict,
             StatusCode::PAYLOAD_TOO_LARGE => ErrorKind::TooLarge,

@@ -197,11 +197,11 @@ pub async fn docs() -> Html<String> {
 }
 
 /// The bundled Redoc script the docs page loads.
-#[utoipa::path(get, path = "/docs/redoc.standalone.js", responses((status = 200, body = String, content_type = "application/javascript")))]
+#[utoipa::path(get, path = "/docs/redoc.standalone.js", responses((status = 200, body = String, content_type = "text/javascript")))]
 pub async fn docs_bundle() -> impl IntoResponse {
     (
         [
-            (header::CONTENT_TYPE, "application/javascript"),
+            (header::CONTENT_TYPE, "text/javascript"),
             (header::CACHE_CONTROL, "public, max-age=86400"),
         ],
         REDOC_JS,

@@ -1,6 +1,7 @@
 //! Shared helpers of the integration tests: where the model, fixtures and data are.
 #![allow(dead_code)]
 
+pub mod checkpoint;
 pub mod grafts;
 pub mod http;
 
