@@ -150,6 +150,7 @@ fn schemathesis_finds_no_server_error_and_no_nonconforming_response() {
             "--no-color",
         ])
         .env("SCHEMATHESIS_HOOKS", "")
+        .current_dir(&work)
         .output()
         .expect("run schemathesis");
     let text = format!(
