@@ -411,27 +411,7 @@ fn full_queue_answers_429_with_retry_after() {
         &work.join("state"),
         &["--queue", "1", "--batch-wait-ms", "0"],
     );
-    let base = skillgraft::model::BaseModel::load(&model, &candle_core::Device::Cpu, 128).unwrap();
-    let task = skillgraft::data::builtin_task("sst2").unwrap();
-    let spec = base
-        .head_spec(
-            skillgraft::model::HeadKind::Prototype,
-            &task,
-            0.05,
-            skillgraft::model::Pooling::Mean,
-        )
-        .unwrap();
-    let head = base.init_head(&spec, 0).unwrap();
-    let graft = skillgraft::graft::Graft {
-        manifest: serde_json::from_value(json!({
-            "format": 1, "base": {"name": base.name, "content_hash": base.model.weights.content_hash,
-                "architecture": "bert", "parameters": base.model.body_parameter_count()},
-            "region": {}, "region_size": 1, "size": 0, "method": "none", "hyper_parameters": null,
-            "head": spec, "task": task, "metrics": null, "created_unix": 0}))
-        .unwrap(),
-        entries: vec![],
-        head: skillgraft::graft::Graft::head_from_tensors(&["prototype.weight".to_string()], &head).unwrap(),
-    };
+    let graft = common::grafts::synthetic(&common::grafts::base(&model), 0);
     let r = s.call(
         "PUT",
         "/v1/tasks/zero/graft",

@@ -88,11 +88,7 @@ fn seeds() -> Vec<Vec<u8>> {
 
 fuzz_target!(init: {
     let _ = base();
-    if let Ok(dir) = std::env::var("SKILLGRAFT_FUZZ_SEEDS") {
-        for (i, s) in seeds().iter().enumerate() {
-            let _ = std::fs::write(Path::new(&dir).join(format!("seed-{i}")), s);
-        }
-    }
+    skillgraft_fuzz::write_seeds(seeds);
 }, |data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else { return };
     let dir = scratch();

@@ -33,11 +33,7 @@ fn seeds() -> Vec<Vec<u8>> {
 }
 
 fuzz_target!(init: {
-    if let Ok(dir) = std::env::var("SKILLGRAFT_FUZZ_SEEDS") {
-        for (i, s) in seeds().iter().enumerate() {
-            let _ = std::fs::write(std::path::Path::new(&dir).join(format!("seed-{i}")), s);
-        }
-    }
+    skillgraft_fuzz::write_seeds(seeds);
 }, |data: &[u8]| {
     let Some((&kind, body)) = data.split_first() else { return };
     let labels = vec!["negative".to_string(), "positive".to_string()];
