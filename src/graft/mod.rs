@@ -13,6 +13,7 @@ pub mod overlap;
 pub mod placement;
 pub mod region;
 pub mod synthetic;
+pub mod validate;
 
 use crate::data::TaskSpec;
 use crate::model::heads::HeadSpec;

@@ -2,6 +2,7 @@
 //! caller's key may do, the built-in data sets, and per task its placement (layer × module type), its
 //! calibration (reliability bins before and after temperature scaling), and held-out examples of its data set.
 
+use super::auth::Caller;
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::AppState;
 use crate::engine::ServedTask;
@@ -9,8 +10,7 @@ use crate::graft::evaluate::VariantReport;
 use crate::graft::placement::placement;
 use crate::graft::FlatRegion;
 use crate::metrics::{ClassificationReport, ReliabilityBin};
-use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap};
+use axum::extract::{Extension, Path, Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -49,19 +49,11 @@ pub struct Session {
 }
 
 /// What the presented key may do: read only, or also change state.
-#[utoipa::path(get, path = "/v1/session", responses((status = 200, body = Session), (status = 401, body = ErrorBody)))]
-pub async fn session(State(s): St, headers: HeaderMap) -> Json<Session> {
-    let cfg = &s.config;
-    let auth_required = !(cfg.api_keys.is_empty() && cfg.admin_keys.is_empty());
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    let admin = cfg.admin_keys.iter().fold(false, |ok, k| {
-        ok | super::constant_time_eq(k.as_bytes(), given.as_bytes())
-    });
-    let (role, can_write) = match (auth_required, admin) {
+#[utoipa::path(get, path = "/v1/session", responses((status = 200, body = Session)),
+    security(("api_key" = ["read"])))]
+pub async fn session(State(s): St, Extension(caller): Extension<Caller>) -> Json<Session> {
+    let auth_required = s.keys.enabled();
+    let (role, can_write) = match (auth_required, caller.admin) {
         (false, _) => ("open", true),
         (true, true) => ("admin", true),
         (true, false) => ("reader", false),
@@ -87,7 +79,7 @@ pub struct Dataset {
 }
 
 /// The built-in tasks, and whether the server has their data.
-#[utoipa::path(get, path = "/v1/datasets", responses((status = 200, body = Vec<Dataset>)))]
+#[utoipa::path(get, path = "/v1/datasets", security(("api_key" = ["read"])), responses((status = 200, body = Vec<Dataset>)))]
 pub async fn datasets(State(s): St) -> Json<Vec<Dataset>> {
     let dir = &s.config.datasets_dir;
     let out = crate::data::builtin_task_names()
@@ -137,7 +129,7 @@ pub struct TaskPlacement {
 }
 
 /// A task's graft counted per encoder layer × module type, beside the region's size in each cell.
-#[utoipa::path(get, path = "/v1/tasks/{name}/placement", params(("name" = String, Path)),
+#[utoipa::path(get, path = "/v1/tasks/{name}/placement", security(("api_key" = ["read"])), params(("name" = String, Path)),
     responses((status = 200, body = TaskPlacement), (status = 404, body = ErrorBody)))]
 pub async fn task_placement(
     State(s): St,
@@ -261,7 +253,7 @@ pub struct TaskCalibration {
 
 /// Reliability bins, ECE, NLL and Brier of the task's variants on its test set, before and after temperature
 /// scaling, as stored in the graft.
-#[utoipa::path(get, path = "/v1/tasks/{name}/calibration", params(("name" = String, Path)),
+#[utoipa::path(get, path = "/v1/tasks/{name}/calibration", security(("api_key" = ["read"])), params(("name" = String, Path)),
     responses((status = 200, body = TaskCalibration), (status = 404, body = ErrorBody)))]
 pub async fn task_calibration(
     State(s): St,
@@ -334,7 +326,7 @@ pub struct TaskExamples {
 /// Held-out examples of the built-in data set the task was made from: a fixed sample of its test split, the
 /// one a job with `max_test = limit` evaluates on (labels as class names, ready for `evaluate` or a
 /// composition's `data`). Only built-in data sets are served.
-#[utoipa::path(get, path = "/v1/tasks/{name}/examples", params(("name" = String, Path), ExamplesQuery),
+#[utoipa::path(get, path = "/v1/tasks/{name}/examples", security(("api_key" = ["read"])), params(("name" = String, Path), ExamplesQuery),
     responses((status = 200, body = TaskExamples), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn task_examples(
     State(s): St,

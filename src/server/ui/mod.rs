@@ -68,6 +68,10 @@ fn etags() -> &'static [String] {
     })
 }
 
+/// The explorer's route templates. They serve only the embedded, data-free assets, so they are public
+/// whatever keys are configured (the app then calls the API with the user's key).
+pub const PUBLIC_ROUTES: &[&str] = &["/", "/ui", "/ui/", "/ui/{file}"];
+
 /// The explorer's routes: `/` → `/ui/`, the page at `/ui` and `/ui/`, its files at `/ui/{file}`.
 pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
