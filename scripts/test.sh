@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # The test command: fetches the default model if needed, then runs every test in release mode
-# (candle in debug mode is far too slow). Model-dependent tests are required to run here.
+# (candle in debug mode is far too slow). Model-dependent tests and the browser test of the web explorer
+# (Debian's chromium + the npm packages pinned in tests/ui, installed into the cache) are required to run here.
 # Ends with one summary line over all test binaries: "summary: N passed, N failed".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/skillgraft-target}"
 scripts/fetch-model.sh
+scripts/ensure-blis.sh
+SKILLGRAFT_UI_NODE_MODULES="$(scripts/ui-deps.sh)"
+export SKILLGRAFT_UI_NODE_MODULES
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 set +e
-SKILLGRAFT_REQUIRE_MODEL=1 cargo test --release "$@" 2>&1 | tee "$log"
+SKILLGRAFT_REQUIRE_MODEL=1 SKILLGRAFT_REQUIRE_BROWSER=1 cargo test --release "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 awk '/^test result:/ { for (i = 1; i < NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }

@@ -3,63 +3,16 @@
 
 mod common;
 
+use common::checkpoint::{finetune_quick, tar_of};
 use common::http::{request, Server};
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("sg-srv-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-/// A tar archive of the given files of a directory (names flattened).
-fn tar_of(dir: &Path, files: &[&str], replace: Option<(&str, Vec<u8>)>) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for f in files {
-        let data = match &replace {
-            Some((n, d)) if n == f => d.clone(),
-            _ => std::fs::read(dir.join(f)).unwrap(),
-        };
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        b.append_data(&mut h, format!("ckpt/{f}"), data.as_slice())
-            .unwrap();
-    }
-    b.into_inner().unwrap()
-}
-
-fn finetune_quick(model: &Path, out: &Path) {
-    let st = Command::new(env!("CARGO_BIN_EXE_skillgraft"))
-        .args([
-            "finetune",
-            "--task",
-            "sst2",
-            "--k",
-            "8",
-            "--steps",
-            "16",
-            "--eval-every",
-            "8",
-            "--max-test",
-            "10",
-            "--model",
-        ])
-        .arg(model)
-        .arg("--out")
-        .arg(out)
-        .env("SKILLGRAFT_DATA_DIR", common::data_dir())
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
 }
 
 fn wait_job(s: &Server, id: &str) -> Value {
@@ -99,6 +52,7 @@ fn service_end_to_end_over_http() {
         "admin-key",
         "--max-json-bytes",
         "65536",
+        "--metrics-per-task",
     ];
     let mut s = Server::start(&model, &state, &keys);
     s.auth = Some("admin-key".into());
@@ -166,6 +120,30 @@ fn service_end_to_end_over_http() {
     );
     assert_eq!(r.status, 201, "{}", r.text());
     let ckpt = r.json()["id"].as_str().unwrap().to_string();
+    // Files a checkpoint does not need are not kept.
+    let mut with_junk = tar::Builder::new(Vec::new());
+    for (name, data) in [
+        ("ckpt/notes.txt", b"x".to_vec()),
+        ("ckpt/x.safetensors", b"x".to_vec()),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        with_junk
+            .append_data(&mut h, name, data.as_slice())
+            .unwrap();
+    }
+    let mut body = with_junk.into_inner().unwrap();
+    body.truncate(body.len() - 1024);
+    body.extend(tar_of(&ft, &files, None));
+    let r = s.call("POST", "/v1/checkpoints", &body, "application/x-tar");
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(
+        r.json()["files"],
+        json!(files),
+        "only checkpoint files are kept"
+    );
     assert_eq!(
         s.get(&format!("/v1/checkpoints/{ckpt}")).json()["id"],
         ckpt.as_str()
@@ -433,27 +411,7 @@ fn full_queue_answers_429_with_retry_after() {
         &work.join("state"),
         &["--queue", "1", "--batch-wait-ms", "0"],
     );
-    let base = skillgraft::model::BaseModel::load(&model, &candle_core::Device::Cpu, 128).unwrap();
-    let task = skillgraft::data::builtin_task("sst2").unwrap();
-    let spec = base
-        .head_spec(
-            skillgraft::model::HeadKind::Prototype,
-            &task,
-            0.05,
-            skillgraft::model::Pooling::Mean,
-        )
-        .unwrap();
-    let head = base.init_head(&spec, 0).unwrap();
-    let graft = skillgraft::graft::Graft {
-        manifest: serde_json::from_value(json!({
-            "format": 1, "base": {"name": base.name, "content_hash": base.model.weights.content_hash,
-                "architecture": "bert", "parameters": base.model.body_parameter_count()},
-            "region": {}, "region_size": 1, "size": 0, "method": "none", "hyper_parameters": null,
-            "head": spec, "task": task, "metrics": null, "created_unix": 0}))
-        .unwrap(),
-        entries: vec![],
-        head: skillgraft::graft::Graft::head_from_tensors(&["prototype.weight".to_string()], &head).unwrap(),
-    };
+    let graft = common::grafts::synthetic(&common::grafts::base(&model), 0);
     let r = s.call(
         "PUT",
         "/v1/tasks/zero/graft",

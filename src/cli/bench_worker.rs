@@ -11,7 +11,8 @@
 //!
 //! Inputs of a (batch, seq) are random token ids drawn once from a fixed seed.
 
-use super::bench::{random_batch, with_linear_head};
+use super::bench::with_linear_head;
+use super::engine_bench::random_batch;
 use super::ModelArgs;
 use crate::model::heads::{Classifier, HeadSpec, Pooling};
 use crate::model::{to_hash_map, EncodedBatch, EncoderInput, ParamSet};

@@ -8,21 +8,6 @@ use rand::{Rng, SeedableRng};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn random_tokens(rows: usize, seq: usize, seed: u64) -> EncodedBatch {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let ids: Vec<u32> = (0..rows * seq)
-        .map(|_| rng.random_range(1000..20000))
-        .collect();
-    EncodedBatch {
-        type_ids: vec![0; ids.len()],
-        mask: vec![1; ids.len()],
-        ids,
-        batch: rows,
-        seq,
-        mask_positions: None,
-    }
-}
-
 /// Median seconds for the serving engine to answer one batch of `rows` × `seq` tokens whose rows belong to
 /// `tasks` synthetic tasks (row r to task r mod tasks, one request per task; successive batches rotate
 /// through all tasks). Every task's state is built before timing.
@@ -54,7 +39,7 @@ pub fn engine_batch_seconds(
             ..Default::default()
         },
     )?;
-    let tokens = random_tokens(rows, seq, 7);
+    let tokens = random_batch(rows, seq, 7);
     let run_batch = |offset: usize| -> Result<()> {
         let mut requests: Vec<(Arc<ServedTask>, Vec<usize>)> = Vec::new();
         for r in 0..rows {
@@ -90,4 +75,20 @@ pub fn engine_batch_seconds(
     }
     times.sort_by(f64::total_cmp);
     Ok(times[times.len() / 2])
+}
+
+/// A batch of random token ids, every token real.
+pub(super) fn random_batch(batch: usize, seq: usize, seed: u64) -> EncodedBatch {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let ids: Vec<u32> = (0..batch * seq)
+        .map(|_| rng.random_range(1000..20000))
+        .collect();
+    EncodedBatch {
+        type_ids: vec![0; ids.len()],
+        mask: vec![1; ids.len()],
+        ids,
+        batch,
+        seq,
+        mask_positions: None,
+    }
 }

@@ -170,15 +170,42 @@ struct ServeArgs {
     /// Largest JSON request body, bytes.
     #[arg(long, env = "SKILLGRAFT_MAX_JSON_BYTES", default_value_t = 2 << 20)]
     max_json_bytes: usize,
-    /// Largest upload (checkpoint tar, graft), bytes.
+    /// Largest checkpoint upload (tar), bytes.
     #[arg(long, env = "SKILLGRAFT_MAX_UPLOAD_BYTES", default_value_t = 1 << 30)]
     max_upload_bytes: usize,
+    /// Largest graft import (PUT /v1/tasks/{name}/graft), bytes.
+    #[arg(long, env = "SKILLGRAFT_MAX_GRAFT_BYTES", default_value_t = 16 << 20)]
+    max_graft_bytes: usize,
+    /// Most entries in an uploaded checkpoint archive.
+    #[arg(long, env = "SKILLGRAFT_MAX_ARCHIVE_ENTRIES", default_value_t = 64)]
+    max_archive_entries: usize,
     /// Texts per prediction request at most.
     #[arg(long, env = "SKILLGRAFT_MAX_BATCH_INPUTS", default_value_t = 256)]
     max_batch_inputs: usize,
+    /// Real tokens per request at most (predict, evaluate, composition data); more is refused with 413.
+    #[arg(long, env = "SKILLGRAFT_MAX_REQUEST_TOKENS", default_value_t = 16384)]
+    max_request_tokens: usize,
+    /// Task names per overlap query at most.
+    #[arg(long, env = "SKILLGRAFT_MAX_OVERLAP_TASKS", default_value_t = 32)]
+    max_overlap_tasks: usize,
     /// Request timeout, seconds.
     #[arg(long, env = "SKILLGRAFT_TIMEOUT_SECS", default_value_t = 120)]
     timeout_secs: u64,
+    /// Time a client has to send a request's headers, seconds.
+    #[arg(long, env = "SKILLGRAFT_HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    header_timeout_secs: u64,
+    /// Open connections at most.
+    #[arg(long, env = "SKILLGRAFT_MAX_CONNECTIONS", default_value_t = 1024)]
+    max_connections: usize,
+    /// After SIGTERM, seconds in-flight requests get before the server exits anyway.
+    #[arg(long, env = "SKILLGRAFT_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    shutdown_grace_secs: u64,
+    /// Who may read /metrics when keys are set: public, read (any key) or admin.
+    #[arg(long, env = "SKILLGRAFT_METRICS_ACCESS", default_value = "read")]
+    metrics_access: crate::server::auth::Access,
+    /// Per-task latency series in /metrics (they name every task).
+    #[arg(long, env = "SKILLGRAFT_METRICS_PER_TASK")]
+    metrics_per_task: bool,
     /// Concurrent localization jobs.
     #[arg(long, env = "SKILLGRAFT_MAX_JOBS", default_value_t = 1)]
     max_jobs: usize,
@@ -1167,6 +1194,7 @@ fn cmd_serve(a: ServeArgs) -> Result<()> {
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let base = a.model.load()?;
+    let secs = std::time::Duration::from_secs;
     let config = crate::server::ServerConfig {
         addr: a.addr,
         data_dir: a
@@ -1175,10 +1203,19 @@ fn cmd_serve(a: ServeArgs) -> Result<()> {
         datasets_dir: a.data_dir.unwrap_or_else(data::data_dir_default),
         api_keys: a.api_key.into_iter().filter(|k| !k.is_empty()).collect(),
         admin_keys: a.admin_key.into_iter().filter(|k| !k.is_empty()).collect(),
+        metrics_access: a.metrics_access,
+        metrics_per_task: a.metrics_per_task,
         max_json_bytes: a.max_json_bytes,
         max_upload_bytes: a.max_upload_bytes,
+        max_graft_bytes: a.max_graft_bytes,
+        max_archive_entries: a.max_archive_entries,
         max_batch_inputs: a.max_batch_inputs,
-        request_timeout: std::time::Duration::from_secs(a.timeout_secs),
+        max_request_tokens: a.max_request_tokens,
+        max_overlap_tasks: a.max_overlap_tasks,
+        request_timeout: secs(a.timeout_secs),
+        header_timeout: secs(a.header_timeout_secs),
+        max_connections: a.max_connections,
+        shutdown_grace: secs(a.shutdown_grace_secs),
         max_jobs: a.max_jobs,
         job_threads: a.job_threads,
         engine: crate::engine::EngineConfig {
@@ -1203,7 +1240,10 @@ fn cmd_serve(a: ServeArgs) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(crate::server::serve(state))
+    let result = rt.block_on(crate::server::serve(state));
+    // Work still running past the shutdown deadline (a long computation) is abandoned, not waited for.
+    rt.shutdown_timeout(std::time::Duration::from_millis(200));
+    result
 }
 
 fn cmd_study(a: StudyArgs) -> Result<()> {

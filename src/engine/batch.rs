@@ -77,6 +77,15 @@ fn task_error(task: &ServedTask, e: impl std::fmt::Display) -> EngineError {
     EngineError::Task(format!("task `{}` cannot be served: {e}", task.name))
 }
 
+/// Every row of `group` failed with its task's error `e` (logged).
+fn failed(task: &ServedTask, group: &[usize], e: anyhow::Error) -> Vec<(usize, RowResult)> {
+    tracing::warn!("task `{}`: pass failed: {e:#}", task.name);
+    group
+        .iter()
+        .map(|&i| (i, Err(task_error(task, format!("{e:#}")))))
+        .collect()
+}
+
 /// Logits for every row (in order), or the error of its task.
 pub fn run(
     model: &mut Model,
@@ -239,14 +248,7 @@ fn run_mixed(
             .copied()
             .zip(logits.into_iter().map(Ok))
             .collect(),
-        Err(e) if runs.len() == 1 => {
-            let task = &rows[group[0]].task;
-            tracing::warn!("task `{}`: pass failed: {e:#}", task.name);
-            group
-                .iter()
-                .map(|&i| (i, Err(task_error(task, format!("{e:#}")))))
-                .collect()
-        }
+        Err(e) if runs.len() == 1 => failed(&rows[group[0]].task, group, e),
         Err(_) => runs
             .iter()
             .flat_map(|&(s, n)| run_mixed(model, stats, rows, &group[s..s + n], resident_of))
@@ -302,13 +304,7 @@ fn run_in_place(
             .copied()
             .zip(logits.into_iter().map(Ok))
             .collect(),
-        Err(e) => {
-            tracing::warn!("task `{}`: in-place pass failed: {e:#}", task.name);
-            group
-                .iter()
-                .map(|&i| (i, Err(task_error(&task, format!("{e:#}")))))
-                .collect()
-        }
+        Err(e) => failed(&task, group, e),
     }
 }
 

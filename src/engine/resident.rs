@@ -182,17 +182,7 @@ pub fn build(
             let (s, is_weight) = sites
                 .of_tensor(&e.name)
                 .ok_or_else(|| anyhow!("graft tensor `{}` is not an encoder layer", e.name))?;
-            let t = tensors.get(&e.name).ok_or_else(|| {
-                anyhow!("graft touches `{}`, which the base does not have", e.name)
-            })?;
-            if t.dims() != e.shape.as_slice() {
-                bail!(
-                    "graft tensor `{}` has shape {:?}, the base {:?}",
-                    e.name,
-                    e.shape,
-                    t.dims()
-                );
-            }
+            let t = e.base_tensor(tensors)?;
             let n = t.elem_count();
             if let Some(&bad) = e.indices.iter().find(|&&i| i as usize >= n) {
                 bail!("graft tensor `{}`: index {bad} out of range", e.name);

@@ -10,8 +10,10 @@ pub mod evaluate;
 pub mod job;
 pub mod localize;
 pub mod overlap;
+pub mod placement;
 pub mod region;
 pub mod synthetic;
+pub mod validate;
 
 use crate::data::TaskSpec;
 use crate::model::heads::HeadSpec;
@@ -90,6 +92,27 @@ pub struct GraftEntry {
     pub indices: Vec<u32>,
     /// Fine-tuned values at those indices.
     pub values: Vec<f32>,
+}
+
+impl GraftEntry {
+    /// The base tensor this entry changes, checked to exist with the entry's shape.
+    pub fn base_tensor<'t>(&self, tensors: &'t BTreeMap<String, Tensor>) -> Result<&'t Tensor> {
+        let Some(t) = tensors.get(&self.name) else {
+            bail!(
+                "graft touches `{}`, which the base does not have",
+                self.name
+            );
+        };
+        if t.dims() != self.shape.as_slice() {
+            bail!(
+                "graft tensor `{}` has shape {:?}, the base {:?}",
+                self.name,
+                self.shape,
+                t.dims()
+            );
+        }
+        Ok(t)
+    }
 }
 
 /// A head tensor carried by a graft.
@@ -413,17 +436,7 @@ impl Graft {
             );
         }
         for e in &self.entries {
-            let Some(t) = tensors.get(&e.name) else {
-                bail!("graft touches `{}`, which the base does not have", e.name);
-            };
-            if t.dims() != e.shape.as_slice() {
-                bail!(
-                    "graft tensor `{}` has shape {:?}, the base {:?}",
-                    e.name,
-                    e.shape,
-                    t.dims()
-                );
-            }
+            e.base_tensor(tensors)?;
         }
         Ok(())
     }

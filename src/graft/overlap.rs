@@ -1,7 +1,8 @@
 //! Overlap of tasks' grafts (counts, Jaccard, containment; per layer and module type) and composition of
 //! several grafts into one.
 
-use super::region::{layer_of, module_of};
+use super::placement::layer_key;
+use super::region::module_of;
 use super::{entries_from_mask, FlatRegion, Graft, GraftEntry};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -37,13 +38,6 @@ pub struct OverlapReport {
     pub shared_breakdown: BTreeMap<String, Breakdown>,
 }
 
-fn key_of(name: &str) -> String {
-    match layer_of(name) {
-        Some(l) => format!("layer {l}"),
-        None => "embeddings".to_string(),
-    }
-}
-
 fn breakdown_of(region: &FlatRegion, flat: &[u32]) -> Breakdown {
     let mut b = Breakdown {
         by_layer: BTreeMap::new(),
@@ -51,7 +45,7 @@ fn breakdown_of(region: &FlatRegion, flat: &[u32]) -> Breakdown {
     };
     for &i in flat {
         let name = &region.names[region.tensor_of(i as usize)];
-        *b.by_layer.entry(key_of(name)).or_default() += 1;
+        *b.by_layer.entry(layer_key(name)).or_default() += 1;
         *b.by_module.entry(module_of(name).to_string()).or_default() += 1;
     }
     b

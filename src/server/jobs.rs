@@ -1,6 +1,7 @@
 //! Localization jobs: a bounded pool of worker threads, each job with its own model copy (it modifies the
 //! weights for seconds at a time, so it never touches the engine's). State is persisted on every change; a
-//! restart reports jobs that were running as failed.
+//! restart reports jobs that were running as failed. A job's inline examples are shown to admin keys only
+//! ([`JobStatus::view`]).
 
 use super::AppState;
 use crate::data::{Example, FewShotSplit, TaskSpec};
@@ -37,8 +38,10 @@ pub enum JobState {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct LocalizationRequest {
     /// Id of an uploaded checkpoint.
+    #[schema(pattern = "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")]
     pub checkpoint: String,
     /// Name to register the resulting task under.
+    #[schema(pattern = "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")]
     pub task_name: String,
     /// Built-in task (sst2, sst5, mr, cr, mpqa, subj) whose spec and data to use.
     #[serde(default)]
@@ -47,20 +50,21 @@ pub struct LocalizationRequest {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub task_spec: Option<TaskSpec>,
-    /// Inline training examples (`{"text": .., "label": ..}`); with `dev`, instead of a built-in task's data.
+    /// Inline training examples; with `dev`, instead of a built-in task's data. Shown to admin keys only.
     #[serde(default)]
-    #[schema(value_type = Option<Vec<Object>>)]
+    #[schema(value_type = Option<Vec<InlineExample>>)]
     pub train: Option<Vec<Example>>,
-    /// Inline dev examples.
+    /// Inline dev examples. Shown to admin keys only.
     #[serde(default)]
-    #[schema(value_type = Option<Vec<Object>>)]
+    #[schema(value_type = Option<Vec<InlineExample>>)]
     pub dev: Option<Vec<Example>>,
-    /// Inline test examples (optional; dev is used to report metrics when absent).
+    /// Inline test examples (optional; dev is used to report metrics when absent). Shown to admin keys only.
     #[serde(default)]
-    #[schema(value_type = Option<Vec<Object>>)]
+    #[schema(value_type = Option<Vec<InlineExample>>)]
     pub test: Option<Vec<Example>>,
     /// Examples per class (built-in data).
     #[serde(default = "default_k")]
+    #[schema(minimum = 1, maximum = 4096)]
     pub k: usize,
     /// Few-shot seed (built-in data).
     #[serde(default = "default_seed")]
@@ -70,13 +74,15 @@ pub struct LocalizationRequest {
     pub max_test: Option<usize>,
     /// Method: paper, magnitude, l1, saliency, or refit (the base patch with re-trained values).
     #[serde(default = "default_method")]
-    #[schema(value_type = String)]
+    #[schema(value_type = MethodName)]
     pub method: Method,
-    /// Graft budget as a fraction of the region.
+    /// Graft budget as a fraction of the region, in (0, 1].
     #[serde(default = "default_sparsity")]
+    #[schema(exclusive_minimum = 0.0, maximum = 1.0)]
     pub sparsity: f64,
     /// Mask-optimization epochs.
     #[serde(default = "default_epochs")]
+    #[schema(maximum = 1000)]
     pub epochs: usize,
     /// Mask learning rate.
     #[serde(default = "default_lr")]
@@ -84,6 +90,73 @@ pub struct LocalizationRequest {
     /// Mask-initialisation seed.
     #[serde(default)]
     pub mask_seed: u64,
+}
+
+/// Localization methods (the schema of `LocalizationRequest.method`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MethodName {
+    /// The paper's mask optimization.
+    Paper,
+    /// The top-|Δ| base patch.
+    Magnitude,
+    /// Mask optimization with an L1 penalty.
+    L1,
+    /// First-order saliency.
+    Saliency,
+    /// The base patch with re-trained values.
+    Refit,
+}
+
+/// A labelled example given inline (the schema of `train`, `dev`, `test`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct InlineExample {
+    /// The text.
+    pub text: String,
+    /// A second text, for sentence-pair tasks.
+    #[serde(default)]
+    pub text_b: Option<String>,
+    /// Class index into the task's labels.
+    #[schema(minimum = 0)]
+    pub label: usize,
+}
+
+impl LocalizationRequest {
+    /// Checks what can be checked without the store: names, numeric ranges, and that data is given one way.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        use crate::store::service::{valid_name, NAME_RULE};
+        if !valid_name(&self.task_name) {
+            return Err(format!(
+                "invalid task_name `{}`: {NAME_RULE}",
+                self.task_name
+            ));
+        }
+        if !valid_name(&self.checkpoint) {
+            return Err(format!(
+                "invalid checkpoint `{}`: {NAME_RULE}",
+                self.checkpoint
+            ));
+        }
+        if !(self.sparsity > 0.0 && self.sparsity <= 1.0) || self.epochs > 1000 {
+            return Err("sparsity must be in (0, 1] and epochs at most 1000".into());
+        }
+        if self.k == 0 || self.k > 4096 {
+            return Err("k must be between 1 and 4096".into());
+        }
+        if !self.lr.is_finite() {
+            return Err("lr must be a finite number".into());
+        }
+        match (&self.task, &self.train, &self.dev) {
+            (Some(t), None, None) if crate::data::builtin_task(t).is_none() => Err(format!(
+                "unknown task `{t}` (built-in: {})",
+                crate::data::builtin_task_names().join(", ")
+            )),
+            (None, None, _) | (_, Some(_), None) | (_, None, Some(_)) => {
+                Err("give a built-in `task`, or inline `train` and `dev` examples".into())
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 fn default_k() -> usize {
@@ -128,9 +201,9 @@ pub struct JobStatus {
     pub error: Option<String>,
     /// Final graft size.
     pub graft_size: Option<usize>,
-    /// Metrics of base+head / base patch / graft / fine-tuned, when finished.
-    #[schema(value_type = Option<Object>)]
-    pub variants: Option<serde_json::Value>,
+    /// Metrics of base+head / base patch / graft / fine-tuned, when finished (one object per variant).
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub variants: Option<Vec<serde_json::Value>>,
     /// Timings, when finished.
     #[schema(value_type = Option<Object>)]
     pub timings: Option<serde_json::Value>,
@@ -142,14 +215,32 @@ pub struct JobStatus {
     pub finished_unix: Option<u64>,
 }
 
+impl JobStatus {
+    /// What a caller may see: everything for an admin; without the inline examples for anyone else.
+    pub fn view(&self, admin: bool) -> JobStatus {
+        let mut v = self.clone();
+        if !admin {
+            v.request.train = None;
+            v.request.dev = None;
+            v.request.test = None;
+        }
+        v
+    }
+
+    /// Whether the job has ended.
+    pub fn ended(&self) -> bool {
+        !matches!(self.state, JobState::Queued | JobState::Running)
+    }
+}
+
 /// One job in memory.
 pub struct JobEntry {
     /// State.
     pub status: Mutex<JobStatus>,
     /// Cancellation flag.
     pub cancel: Arc<AtomicBool>,
-    /// Progress events (JSON lines) for SSE subscribers.
-    pub events: broadcast::Sender<String>,
+    /// Every new state, for SSE subscribers.
+    pub events: broadcast::Sender<JobStatus>,
 }
 
 /// All jobs, and the worker slots.
@@ -285,10 +376,8 @@ fn update(state: &AppState, entry: &JobEntry, f: impl FnOnce(&mut JobStatus)) {
         if let Err(e) = state.store.put_job(&snapshot.id, &bytes) {
             tracing::warn!("cannot persist job {}: {e:#}", snapshot.id);
         }
-        let _ = entry
-            .events
-            .send(String::from_utf8_lossy(&bytes).to_string());
     }
+    let _ = entry.events.send(snapshot);
 }
 
 fn split_for(state: &AppState, r: &LocalizationRequest) -> Result<(TaskSpec, FewShotSplit)> {
@@ -348,7 +437,7 @@ fn run_job(state: &Arc<AppState>, entry: &JobEntry) {
         s.started_unix = Some(crate::graft::unix_now());
         s.message = "loading checkpoint".into();
     });
-    let result = (|| -> Result<(usize, serde_json::Value, serde_json::Value)> {
+    let result = (|| -> Result<(usize, Vec<serde_json::Value>, serde_json::Value)> {
         let pool = crate::compute_pool(Some(state.config.job_threads))?;
         pool.install(|| {
             let (task, split) = split_for(state, &request)?;
@@ -393,9 +482,13 @@ fn run_job(state: &Arc<AppState>, entry: &JobEntry) {
             state
                 .install_task(&request.task_name, &bytes)
                 .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+            let variants = match serde_json::to_value(&out.variants)? {
+                serde_json::Value::Array(v) => v,
+                other => vec![other],
+            };
             Ok((
                 out.graft.size(),
-                serde_json::to_value(&out.variants)?,
+                variants,
                 serde_json::to_value(&out.timings)?,
             ))
         })
@@ -417,7 +510,7 @@ fn run_job(state: &Arc<AppState>, entry: &JobEntry) {
             }
             Err(e) => {
                 s.state = JobState::Failed;
-                s.error = Some(format!("{e:#}"));
+                s.error = Some(state.redact(&format!("{e:#}")));
                 s.message = "failed".into();
             }
         }

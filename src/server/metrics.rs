@@ -1,10 +1,15 @@
-//! Prometheus text metrics: requests by route and status, latency histograms (per route and per task),
-//! engine queue depth, batches, tokens, graft apply time, and jobs.
+//! Prometheus text metrics: requests by route and status, latency histograms per route (and per task, only
+//! when `metrics_per_task` is set: those series name every task), engine queue depth, batches, tokens, graft
+//! apply time, and jobs. Who may read them is `metrics_access`.
 
 use super::AppState;
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::sync::Mutex;
 
 /// Histogram bucket bounds, seconds.
@@ -70,8 +75,11 @@ impl HttpMetrics {
         }
     }
 
-    /// Records one prediction request of a task (its latency).
-    pub fn record_task(&self, task: &str, seconds: f64) {
+    /// Records one prediction request of a task (its latency); kept only with per-task series enabled.
+    pub fn record_task(&self, enabled: bool, task: &str, seconds: f64) {
+        if !enabled {
+            return;
+        }
         if let Ok(mut m) = self.task_latency.lock() {
             m.entry(task.to_string()).or_default().observe(seconds);
         }
@@ -104,9 +112,9 @@ impl HttpMetrics {
                 );
             }
         }
-        out.push_str("# HELP skillgraft_task_predict_seconds Prediction latency by task.\n");
-        out.push_str("# TYPE skillgraft_task_predict_seconds histogram\n");
-        if let Ok(m) = self.task_latency.lock() {
+        if let (true, Ok(m)) = (state.config.metrics_per_task, self.task_latency.lock()) {
+            out.push_str("# HELP skillgraft_task_predict_seconds Prediction latency by task.\n");
+            out.push_str("# TYPE skillgraft_task_predict_seconds histogram\n");
             for (task, h) in m.iter() {
                 h.render(
                     &mut out,
@@ -223,4 +231,22 @@ impl HttpMetrics {
         }
         out
     }
+}
+
+/// Middleware: counts every request by method, matched route and status, with its latency.
+pub async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().clone();
+    let start = std::time::Instant::now();
+    let resp = next.run(req).await;
+    let secs = start.elapsed().as_secs_f64();
+    state
+        .metrics
+        .record(method.as_str(), &route, resp.status().as_u16(), secs);
+    tracing::debug!(%method, route = %route, status = resp.status().as_u16(), seconds = secs, "request");
+    resp
 }

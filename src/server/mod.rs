@@ -2,31 +2,37 @@
 //!
 //! Handlers parse and validate requests, tokenize off the model thread, and talk to the [`Engine`] over its
 //! queue; they never touch tensors. Localization jobs run on their own threads with their own model copy.
-//! Errors become status codes in one place ([`error`]); every route is in the OpenAPI document ([`openapi`]).
+//! Errors become status codes in one place ([`error`]); every route is in the OpenAPI document ([`openapi`]),
+//! which also says who may call it ([`auth`]). Connections are served by [`listen`] (header-read timeout,
+//! connection cap, shutdown deadline).
 
 pub mod api;
+pub mod archive;
+pub mod auth;
 pub mod error;
+pub mod explore;
 pub mod jobs;
+pub mod listen;
 pub mod metrics;
 pub mod openapi;
+pub mod ui;
 
 use crate::engine::{Engine, EngineConfig, ServedTask};
+use crate::graft::validate::BaseFacts;
 use crate::graft::Graft;
 use crate::model::BaseModel;
 use crate::store::service::{FsStore, Store};
-use anyhow::{Context, Result};
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{header, Method};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use anyhow::Result;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
 use axum::routing::{get, post, put};
 use axum::Router;
 use dashmap::DashMap;
-use error::{ApiError, ErrorKind};
+use error::ApiError;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Server settings (from flags and environment).
@@ -42,14 +48,32 @@ pub struct ServerConfig {
     pub api_keys: Vec<String>,
     /// API keys allowed to change state (upload, localize, delete, import).
     pub admin_keys: Vec<String>,
+    /// Who may read `/metrics` when keys are set.
+    pub metrics_access: auth::Access,
+    /// Whether `/metrics` has per-task latency series (they name every task).
+    pub metrics_per_task: bool,
     /// Largest JSON body, bytes.
     pub max_json_bytes: usize,
-    /// Largest upload (checkpoint tar, graft file), bytes.
+    /// Largest checkpoint upload, bytes.
     pub max_upload_bytes: usize,
+    /// Largest graft import (`PUT /v1/tasks/{name}/graft`), bytes.
+    pub max_graft_bytes: usize,
+    /// Most entries (files, directories, links) in an uploaded checkpoint archive.
+    pub max_archive_entries: usize,
     /// Texts per prediction request at most.
     pub max_batch_inputs: usize,
+    /// Real tokens per request at most (predict, evaluate, a composition's data).
+    pub max_request_tokens: usize,
+    /// Task names per overlap query at most.
+    pub max_overlap_tasks: usize,
     /// Request timeout.
     pub request_timeout: Duration,
+    /// Time a client has to send a request's headers.
+    pub header_timeout: Duration,
+    /// Open connections at most (more wait to be accepted).
+    pub max_connections: usize,
+    /// After SIGTERM, in-flight requests get this long; then the server exits anyway.
+    pub shutdown_grace: Duration,
     /// Concurrent localization jobs at most.
     pub max_jobs: usize,
     /// Compute threads of each localization job.
@@ -64,18 +88,27 @@ pub struct AppState {
     pub config: ServerConfig,
     /// The base model (tokenizer, config; its weights are never modified).
     pub base: Arc<BaseModel>,
+    /// What graft validation checks against.
+    pub facts: BaseFacts,
     /// The engine.
     pub engine: Engine,
     /// Persistence.
     pub store: Arc<dyn Store>,
     /// Registered tasks.
     pub tasks: DashMap<String, Arc<ServedTask>>,
+    /// Stored tasks that could not be loaded, with the reason.
+    pub failed: DashMap<String, String>,
     /// Localization jobs.
     pub jobs: jobs::JobManager,
     /// HTTP metrics.
     pub metrics: metrics::HttpMetrics,
+    /// The configured keys.
+    pub keys: auth::Keys,
+    /// Who may call which operation.
+    pub access: auth::AccessTable,
     /// Set once the store was read at start.
     pub ready: AtomicBool,
+    name_locks: DashMap<String, Arc<Mutex<()>>>,
     next_version: AtomicU64,
 }
 
@@ -85,69 +118,134 @@ impl AppState {
         self.next_version.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Registers (or replaces) a task in memory.
-    pub fn register(&self, name: &str, graft: Graft) -> Arc<ServedTask> {
+    fn register(&self, name: &str, graft: Graft) -> Arc<ServedTask> {
         let t = Arc::new(ServedTask {
             name: name.to_string(),
             graft,
             version: self.fresh_version(),
         });
         self.tasks.insert(name.to_string(), t.clone());
+        self.failed.remove(name);
         t
     }
 
-    /// Validates a graft against the base, stores it atomically, and registers it.
-    pub fn install_task(&self, name: &str, bytes: &[u8]) -> Result<Arc<ServedTask>, ApiError> {
-        if !crate::store::service::valid_name(name) {
-            return Err(ApiError::bad_request(format!(
-                "invalid task name `{name}`: {}",
-                crate::store::service::NAME_RULE
-            )));
-        }
+    /// The lock that serializes every write (import, job result, composition, delete) to task `name`.
+    fn name_lock(&self, name: &str) -> Arc<Mutex<()>> {
+        self.name_locks
+            .entry(name.to_string())
+            .or_insert_with(|| Arc::new(Mutex::new(())))
+            .clone()
+    }
+
+    /// Parses a graft file and validates it fully against the base (422 naming the problem).
+    pub fn check_graft(&self, bytes: &[u8]) -> Result<Graft, ApiError> {
         let graft = Graft::from_bytes(bytes).map_err(|e| ApiError::invalid(format!("{e:#}")))?;
-        graft
-            .check_base(
-                &self.base.model.weights.tensors,
-                &self.base.model.weights.content_hash,
-            )
+        crate::graft::validate::validate(&graft, &self.facts)
             .map_err(|e| ApiError::invalid(format!("{e:#}")))?;
+        Ok(graft)
+    }
+
+    /// Stores a checked graft as task `name` and registers it. Writes to one name are serialized, and the
+    /// registry changes only after the file is durably in place, so the last acknowledged write is what both
+    /// the registry and the disk hold.
+    pub fn store_task(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        graft: Graft,
+    ) -> Result<Arc<ServedTask>, ApiError> {
+        check_name(name)?;
+        let lock = self.name_lock(name);
+        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
         self.store
             .put_task(name, bytes)
             .map_err(ApiError::internal)?;
         Ok(self.register(name, graft))
     }
+
+    /// Validates a graft against the base, stores it atomically, and registers it.
+    pub fn install_task(&self, name: &str, bytes: &[u8]) -> Result<Arc<ServedTask>, ApiError> {
+        check_name(name)?;
+        let graft = self.check_graft(bytes)?;
+        self.store_task(name, bytes, graft)
+    }
+
+    /// Deletes a task (registered or failed to load) from disk and registry; false when unknown.
+    pub fn remove_task(&self, name: &str) -> Result<bool, ApiError> {
+        let lock = self.name_lock(name);
+        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let known = self.tasks.contains_key(name) || self.failed.contains_key(name);
+        if !known {
+            return Ok(false);
+        }
+        self.store.delete_task(name).map_err(ApiError::internal)?;
+        self.tasks.remove(name);
+        self.failed.remove(name);
+        Ok(true)
+    }
+
+    /// `message` with absolute server paths replaced by placeholders.
+    pub fn redact(&self, message: &str) -> String {
+        let home = crate::home_dir();
+        let roots = [
+            (self.config.data_dir.as_path(), "<state>"),
+            (self.config.datasets_dir.as_path(), "<data>"),
+            (self.base.model.files.dir.as_path(), "<model>"),
+            (home.as_path(), "<home>"),
+        ];
+        error::redact_paths(message, &roots)
+    }
 }
 
-/// Builds the state: opens the store, loads every stored task, starts the engine.
+fn check_name(name: &str) -> Result<(), ApiError> {
+    if crate::store::service::valid_name(name) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "invalid task name `{name}`: {}",
+            crate::store::service::NAME_RULE
+        )))
+    }
+}
+
+/// Builds the state: opens the store, loads every stored task (those that fail are reported, not served),
+/// starts the engine.
 pub fn build_state(base: BaseModel, config: ServerConfig) -> Result<Arc<AppState>> {
     let store: Arc<dyn Store> = Arc::new(FsStore::open(&config.data_dir)?);
     let engine = Engine::start(&base, config.engine.clone())?;
+    let facts = BaseFacts::of(&base.model)?;
     let state = Arc::new(AppState {
         jobs: jobs::JobManager::new(config.max_jobs),
         base: Arc::new(base),
+        facts,
         engine,
         store: store.clone(),
         tasks: DashMap::new(),
+        failed: DashMap::new(),
         metrics: metrics::HttpMetrics::default(),
+        keys: auth::Keys::new(&config.api_keys, &config.admin_keys),
+        access: auth::AccessTable::from_document(openapi::document_value())
+            .with_public_pages(ui::PUBLIC_ROUTES),
         ready: AtomicBool::new(false),
+        name_locks: DashMap::new(),
         next_version: AtomicU64::new(1),
         config,
     });
     for name in store.list_tasks()? {
-        let Some(bytes) = store.get_task(&name)? else {
-            continue;
-        };
-        match Graft::from_bytes(&bytes).and_then(|g| {
-            g.check_base(
-                &state.base.model.weights.tensors,
-                &state.base.model.weights.content_hash,
-            )?;
-            Ok(g)
-        }) {
+        let loaded = store
+            .get_task(&name)
+            .map_err(|e| ApiError::internal(format!("{e:#}")))
+            .and_then(|b| b.ok_or_else(|| ApiError::not_found("the file disappeared")))
+            .and_then(|b| state.check_graft(&b));
+        match loaded {
             Ok(g) => {
                 state.register(&name, g);
             }
-            Err(e) => tracing::warn!("stored task `{name}` skipped: {e:#}"),
+            Err(e) => {
+                let why = state.redact(&e.message);
+                tracing::error!("stored task `{name}` cannot be served: {why}");
+                state.failed.insert(name, why);
+            }
         }
     }
     state.jobs.load(&state)?;
@@ -156,166 +254,79 @@ pub fn build_state(base: BaseModel, config: ServerConfig) -> Result<Arc<AppState
     Ok(state)
 }
 
-fn key_of(req: &Request) -> Option<&str> {
-    req.headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-}
-
-/// Compares secrets in time independent of where they first differ.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = (a.len() ^ b.len()) as u8;
-    for i in 0..a.len().max(b.len()) {
-        diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0);
-    }
-    diff == 0
-}
-
-fn any_key_matches(keys: &[String], given: &str) -> bool {
-    keys.iter().fold(false, |ok, k| {
-        ok | constant_time_eq(k.as_bytes(), given.as_bytes())
-    })
-}
-
-async fn auth(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let cfg = &state.config;
-    if cfg.api_keys.is_empty() && cfg.admin_keys.is_empty() {
-        return next.run(req).await;
-    }
-    let mutating = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
-        && !req.uri().path().ends_with("/predict")
-        && !req.uri().path().ends_with("/evaluate");
-    let Some(given) = key_of(&req) else {
-        return ApiError::new(
-            ErrorKind::Unauthorized,
-            "missing `Authorization: Bearer <key>` header",
-        )
-        .into_response();
-    };
-    let admin = any_key_matches(&cfg.admin_keys, given);
-    let reader = admin || any_key_matches(&cfg.api_keys, given);
-    if !reader {
-        return ApiError::new(ErrorKind::Unauthorized, "invalid API key").into_response();
-    }
-    if mutating && !admin {
-        return ApiError::new(
-            ErrorKind::Forbidden,
-            "this route changes state and needs an admin key",
-        )
-        .into_response();
-    }
-    next.run(req).await
-}
-
-async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".into());
-    let method = req.method().clone();
-    let start = std::time::Instant::now();
-    let span = tracing::info_span!("request", %method, route = %route);
-    let resp = {
-        let _g = span.enter();
-        next.run(req).await
-    };
-    let secs = start.elapsed().as_secs_f64();
-    state
-        .metrics
-        .record(method.as_str(), &route, resp.status().as_u16(), secs);
-    tracing::debug!(%method, route = %route, status = resp.status().as_u16(), seconds = secs, "request");
-    resp
-}
-
 /// The router with every route, middleware and limit.
 pub fn router(state: Arc<AppState>) -> Router {
     let cfg = &state.config;
     let uploads = Router::new()
-        .route("/v1/checkpoints", post(api::upload_checkpoint))
+        .route("/v1/checkpoints", post(api::checkpoints::upload_checkpoint))
+        .layer(DefaultBodyLimit::max(cfg.max_upload_bytes));
+    let grafts = Router::new()
         .route(
             "/v1/tasks/{name}/graft",
-            put(api::put_graft).get(api::get_graft),
+            put(api::tasks::put_graft).get(api::tasks::get_graft),
         )
-        .layer(DefaultBodyLimit::max(cfg.max_upload_bytes));
-    let v1 = Router::new()
-        .route("/v1/info", get(api::info))
+        .layer(DefaultBodyLimit::max(cfg.max_graft_bytes));
+    let json = Router::new()
+        .route("/v1/info", get(api::health::info))
         .route(
             "/v1/checkpoints/{id}",
-            get(api::get_checkpoint).delete(api::delete_checkpoint),
+            get(api::checkpoints::get_checkpoint).delete(api::checkpoints::delete_checkpoint),
         )
         .route(
             "/v1/localizations",
-            post(api::create_localization).get(api::list_localizations),
+            post(api::localizations::create_localization)
+                .get(api::localizations::list_localizations),
         )
         .route(
             "/v1/localizations/{id}",
-            get(api::get_localization).delete(api::cancel_localization),
+            get(api::localizations::get_localization)
+                .delete(api::localizations::cancel_localization),
         )
         .route(
             "/v1/localizations/{id}/events",
-            get(api::localization_events),
+            get(api::localizations::localization_events),
         )
-        .route("/v1/tasks", get(api::list_tasks))
+        .route("/v1/tasks", get(api::tasks::list_tasks))
         .route(
             "/v1/tasks/{name}",
-            get(api::get_task).delete(api::delete_task),
+            get(api::tasks::get_task).delete(api::tasks::delete_task),
         )
-        .route("/v1/tasks/{name}/predict", post(api::predict))
-        .route("/v1/tasks/{name}/evaluate", post(api::evaluate))
-        .route("/v1/overlap", get(api::overlap))
-        .route("/v1/compositions", post(api::compose))
-        .layer(DefaultBodyLimit::max(cfg.max_json_bytes))
-        .merge(uploads)
-        .layer(middleware::from_fn_with_state(state.clone(), auth));
+        .route("/v1/tasks/{name}/predict", post(api::predict::predict))
+        .route("/v1/tasks/{name}/evaluate", post(api::predict::evaluate))
+        .route("/v1/overlap", get(api::compose::overlap))
+        .route("/v1/compositions", post(api::compose::compose))
+        .merge(explore::routes())
+        .layer(DefaultBodyLimit::max(cfg.max_json_bytes));
     Router::new()
-        .route("/health", get(api::health))
-        .route("/ready", get(api::ready))
-        .route("/metrics", get(api::metrics))
+        .route("/health", get(api::health::health))
+        .route("/ready", get(api::health::ready))
+        .route("/metrics", get(api::health::metrics))
         .route("/openapi.json", get(openapi::spec))
         .route("/docs", get(openapi::docs))
-        .merge(v1)
+        .merge(ui::routes())
+        .route("/docs/redoc.standalone.js", get(openapi::docs_bundle))
+        .merge(json)
+        .merge(uploads)
+        .merge(grafts)
         .fallback(|| async { ApiError::not_found("no such route (see /docs)") })
-        .layer(middleware::from_fn(error::json_errors))
-        .layer(middleware::from_fn_with_state(state.clone(), track))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authorize,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
             cfg.request_timeout,
         ))
+        .layer(tower_http::catch_panic::CatchPanicLayer::new())
+        .layer(middleware::from_fn(error::finish))
         .with_state(state)
 }
 
-/// Serves until SIGINT/SIGTERM, then finishes in-flight requests.
+/// Serves until SIGINT/SIGTERM, then finishes in-flight requests within the configured deadline.
 pub async fn serve(state: Arc<AppState>) -> Result<()> {
-    let addr = state.config.addr;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
-    tracing::info!("skillgraft listening on http://{}", listener.local_addr()?);
-    eprintln!("skillgraft listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
-    Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
-            s.recv().await;
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-    eprintln!("shutting down: finishing in-flight requests");
+    listen::serve(state.clone(), router(state)).await
 }

@@ -9,7 +9,9 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// Writes `bytes` to `path` atomically (temp file, fsync, rename, directory fsync).
+/// Writes `bytes` to `path` atomically (temp file, fsync, rename, directory fsync). The temporary file has a
+/// unique name (`.<name>.<random>.tmp` beside the target), so concurrent writers of one path never share it;
+/// the last rename wins and the file is always one writer's complete bytes.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path
         .parent()
@@ -21,21 +23,43 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
         .file_name()
         .with_context(|| format!("{} is not a file path", path.display()))?
         .to_string_lossy();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| -> Result<()> {
-        let mut f =
-            File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-            .with_context(|| format!("cannot move {} into place", path.display()))?;
-        sync_dir(dir);
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(TEMP_SUFFIX)
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("cannot move {} into place", path.display()))?;
+    sync_dir(dir);
+    Ok(())
+}
+
+/// Suffix of every temporary file and directory the store creates (removed at start-up when left over).
+pub const TEMP_SUFFIX: &str = ".tmp";
+
+/// Removes leftovers of interrupted writes in `dir`: hidden entries (`.<name>…`) — no stored name starts with
+/// a dot. Returns how many were removed.
+pub fn remove_stale_temporaries(dir: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        if !e.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let p = e.path();
+        if fs::remove_dir_all(&p)
+            .or_else(|_| fs::remove_file(&p))
+            .is_ok()
+        {
+            removed += 1;
+        }
     }
-    result
+    removed
 }
 
 /// Best-effort fsync of a directory (makes a rename durable on Linux).
@@ -67,18 +91,19 @@ pub fn atomic_dir(
         .file_name()
         .with_context(|| format!("{} is not a directory path", dest.display()))?
         .to_string_lossy();
-    let tmp: PathBuf = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    if tmp.exists() {
-        fs::remove_dir_all(&tmp)?;
-    }
-    fs::create_dir_all(&tmp)?;
-    if let Err(e) = fill(&tmp) {
-        let _ = fs::remove_dir_all(&tmp);
-        return Err(e);
-    }
+    let staging = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(TEMP_SUFFIX)
+        .tempdir_in(parent)?;
+    fill(staging.path())?;
+    let tmp: PathBuf = staging.keep();
     if dest.exists() {
-        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-        fs::rename(dest, &old)?;
+        let old = tempfile::Builder::new()
+            .prefix(&format!(".{name}.old."))
+            .suffix(TEMP_SUFFIX)
+            .tempdir_in(parent)?
+            .keep();
+        fs::rename(dest, old.join("dir"))?;
         fs::rename(&tmp, dest)?;
         let _ = fs::remove_dir_all(&old);
     } else {
@@ -171,6 +196,10 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 1, "{names:?}");
+        std::fs::write(dir.join(".a.json.x1.tmp"), b"half").unwrap();
+        std::fs::create_dir_all(dir.join(".d.y2.tmp")).unwrap();
+        assert_eq!(remove_stale_temporaries(&dir), 2);
+        assert!(p.is_file());
         let d = dir.join("out");
         atomic_dir(&d, false, |t| atomic_write(&t.join("x"), b"1")).unwrap();
         assert!(
@@ -182,6 +211,39 @@ mod tests {
             fs::read(d.join("x")).unwrap(),
             b"1",
             "a failed rewrite keeps the old directory"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn concurrent_writers_of_one_path_never_collide() {
+        let dir = std::env::temp_dir().join(format!("sg-atomic-conc-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let p = dir.join("t.graft");
+        for round in 0..20 {
+            let bodies: Vec<Vec<u8>> = (0..8u8)
+                .map(|w| vec![w + round; 4096 * (1 + w as usize)])
+                .collect();
+            let results: Vec<Result<()>> = std::thread::scope(|s| {
+                let handles: Vec<_> = bodies
+                    .iter()
+                    .map(|b| s.spawn(|| atomic_write(&p, b)))
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            for r in &results {
+                assert!(r.is_ok(), "round {round}: {r:?}");
+            }
+            let stored = fs::read(&p).unwrap();
+            assert!(
+                bodies.contains(&stored),
+                "round {round}: the file is no writer's bytes"
+            );
+        }
+        assert_eq!(
+            fs::read_dir(&dir).unwrap().count(),
+            1,
+            "temporary files left"
         );
         fs::remove_dir_all(&dir).unwrap();
     }

@@ -75,7 +75,13 @@ impl FsStore {
             std::fs::create_dir_all(root.join(sub))
                 .with_context(|| format!("cannot create {}", root.join(sub).display()))?;
         }
-        // Leftovers of uploads interrupted by a crash.
+        // Leftovers of writes and uploads interrupted by a crash.
+        for sub in ["tasks", "checkpoints", "jobs"] {
+            let n = super::remove_stale_temporaries(&root.join(sub));
+            if n > 0 {
+                tracing::info!("removed {n} unfinished temporary file(s) from {sub}/");
+            }
+        }
         if let Ok(entries) = std::fs::read_dir(root.join("tmp")) {
             for e in entries.flatten() {
                 let _ =
@@ -212,6 +218,11 @@ mod tests {
         assert!(s.delete_task("a").unwrap());
         assert!(!s.delete_task("a").unwrap());
         s.check().unwrap();
+        // A write interrupted by a crash leaves a hidden temporary file; opening the store removes it.
+        std::fs::write(dir.join("tasks").join(".t0.graft.tmp-3102"), b"half").unwrap();
+        let s = FsStore::open(&dir).unwrap();
+        assert_eq!(s.list_tasks().unwrap(), vec!["b"]);
+        assert_eq!(std::fs::read_dir(dir.join("tasks")).unwrap().count(), 1);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

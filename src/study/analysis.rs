@@ -5,7 +5,8 @@ use super::{parse_pair, Cell, FinetuneId, NotCached, Study};
 use crate::graft::evaluate::{evaluate_variants, Variant, VariantReport};
 use crate::graft::localize::{top_k, GraftableModel};
 use crate::graft::overlap::{compose, overlap, ConflictRule};
-use crate::graft::region::{layer_of, module_of, FlatRegion, RegionSpec};
+use crate::graft::placement::{layer_key, sort_layer_keys, MODULE_ORDER};
+use crate::graft::region::{module_of, FlatRegion, RegionSpec};
 use crate::graft::{Graft, GraftEntry};
 use crate::model::export::FinetunedModel;
 use crate::store::atomic_write;
@@ -241,8 +242,7 @@ impl Study<'_> {
             }
             for (i, g) in grafts.iter().enumerate() {
                 for e in &g.entries {
-                    let layer = layer_of(&e.name)
-                        .map_or("embeddings".to_string(), |l| format!("layer {l}"));
+                    let layer = layer_key(&e.name);
                     *counts[i]
                         .entry((layer, module_of(&e.name).to_string()))
                         .or_default() += e.indices.len();
@@ -253,27 +253,8 @@ impl Study<'_> {
             .iter()
             .flat_map(|c| c.keys().map(|k| k.0.clone()))
             .collect();
-        layers.sort_by_key(|l| {
-            (
-                l == "embeddings",
-                l.strip_prefix("layer ")
-                    .and_then(|x| x.parse::<usize>().ok()),
-            )
-        });
-        layers.dedup();
-        let order = [
-            "query",
-            "key",
-            "value",
-            "attention_output",
-            "ffn_in",
-            "ffn_out",
-            "bias",
-            "layernorm",
-            "embeddings",
-            "other",
-        ];
-        let modules: Vec<String> = order
+        sort_layer_keys(&mut layers);
+        let modules: Vec<String> = MODULE_ORDER
             .iter()
             .filter(|m| counts.iter().any(|c| c.keys().any(|k| k.1 == **m)))
             .map(|m| m.to_string())

@@ -1,6 +1,8 @@
 //! Shared helpers of the integration tests: where the model, fixtures and data are.
 #![allow(dead_code)]
 
+pub mod checkpoint;
+pub mod grafts;
 pub mod http;
 
 use std::path::PathBuf;

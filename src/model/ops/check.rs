@@ -31,7 +31,8 @@ fn check(name: impl Into<String>, error: f64, tolerance: f64) -> Check {
     }
 }
 
-fn det(shape: &[usize], seed: u64) -> Result<Tensor> {
+/// A deterministic pseudo-random tensor in f64, values in [-2, 2).
+pub(super) fn det(shape: &[usize], seed: u64) -> Result<Tensor> {
     let n: usize = shape.iter().product();
     let mut s = seed;
     let v: Vec<f64> = (0..n)

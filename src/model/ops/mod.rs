@@ -496,19 +496,8 @@ mod tests {
     use super::*;
     use candle_core::{Device, Var, D};
 
-    /// A deterministic pseudo-random tensor in f64.
     fn det(shape: &[usize], seed: u64) -> Tensor {
-        let n: usize = shape.iter().product();
-        let mut s = seed;
-        let v: Vec<f64> = (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 11) as f64 / (1u64 << 53) as f64) * 4.0 - 2.0
-            })
-            .collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).expect("tensor")
+        check::det(shape, seed).expect("tensor")
     }
 
     /// Checks d(sum(w * f(x)))/dx from autograd against central finite differences, in f64.

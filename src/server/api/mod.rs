@@ -1,0 +1,89 @@
+//! Route handlers, one file per concept: service health ([`health`]), checkpoint uploads ([`checkpoints`]),
+//! localization jobs ([`localizations`]), tasks and their graft files ([`tasks`]), prediction and evaluation
+//! ([`predict`]), overlap and composition ([`compose`]). Each handler validates its input, does I/O,
+//! tokenization and other long work off the async runtime, and returns JSON; errors go through
+//! [`ApiError`](super::error::ApiError).
+
+pub mod checkpoints;
+pub mod compose;
+pub mod health;
+pub mod localizations;
+pub mod predict;
+pub mod tasks;
+
+use super::error::{ApiError, ApiResult};
+use super::AppState;
+use crate::engine::ServedTask;
+use axum::extract::State;
+use axum::http::{header, HeaderMap};
+use std::sync::Arc;
+
+type St = State<Arc<AppState>>;
+
+/// A registered task; 404 when unknown, 409 when it is stored but failed to load.
+fn task(s: &AppState, name: &str) -> ApiResult<Arc<ServedTask>> {
+    if let Some(t) = s.tasks.get(name) {
+        return Ok(t.clone());
+    }
+    if let Some(why) = s.failed.get(name) {
+        return Err(ApiError::conflict(format!(
+            "task `{name}` is stored but cannot be served: {} (import a valid graft or delete it)",
+            why.value()
+        )));
+    }
+    Err(ApiError::not_found(format!(
+        "unknown task `{name}` (GET /v1/tasks lists them)"
+    )))
+}
+
+/// Class names of a task (`LABEL_i` when the graft names none).
+fn labels_of(t: &ServedTask) -> Vec<String> {
+    match &t.graft.manifest.task {
+        Some(spec) if spec.labels.len() == t.head().num_labels() => spec.labels.clone(),
+        _ => (0..t.head().num_labels())
+            .map(|i| format!("LABEL_{i}"))
+            .collect(),
+    }
+}
+
+/// The calibration temperature fitted on dev and stored with the graft.
+fn temperature_of(t: &ServedTask) -> Option<f64> {
+    t.graft.manifest.metrics["variants"]
+        .as_array()?
+        .iter()
+        .find(|v| v["name"] == "graft")?["temperature"]
+        .as_f64()
+}
+
+/// 415 unless the request's `Content-Type` is one of `allowed`.
+fn require_content_type(headers: &HeaderMap, allowed: &[&str]) -> ApiResult<()> {
+    let given = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if allowed.contains(&given.as_str()) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            super::error::ErrorKind::UnsupportedMediaType,
+            format!(
+                "Content-Type `{given}` is not accepted here; send {}",
+                allowed.join(" or ")
+            ),
+        ))
+    }
+}
+
+/// Runs blocking work on tokio's blocking pool; a panic in it is a 500.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(ApiError::internal)?
+}

@@ -1,0 +1,372 @@
+//! Prediction and evaluation. Texts are tokenized off the async runtime; a request holding more real tokens
+//! than `max_request_tokens` is refused with 413 before it reaches the engine; a task whose forward pass
+//! yields non-finite numbers answers 422 for that request, never 200 with nulls.
+
+use super::{blocking, labels_of, task, temperature_of, St};
+use crate::data::Example;
+use crate::engine::ServedTask;
+use crate::metrics::{evaluate_logits, softmax_rows, ClassificationReport};
+use crate::model::TextInput;
+use crate::server::error::{ApiError, ApiResult, ErrorBody};
+use crate::server::AppState;
+use axum::extract::{Path, State};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use utoipa::ToSchema;
+
+/// One input: a text, or a text pair.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum PredictInput {
+    /// A single text.
+    Text(String),
+    /// A text (and optional second text).
+    Pair {
+        /// First text.
+        text: String,
+        /// Second text.
+        #[serde(default)]
+        text_b: Option<String>,
+    },
+}
+
+/// A prediction request.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct PredictRequest {
+    /// Texts (or pairs) to classify: at least one, at most `max_batch_inputs` (GET /v1/info).
+    #[schema(min_items = 1)]
+    pub inputs: Vec<PredictInput>,
+    /// Apply the task's temperature (fitted on dev) to the probabilities (default true).
+    #[serde(default = "yes")]
+    pub calibrate: bool,
+    /// Also return raw logits.
+    #[serde(default)]
+    pub return_logits: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Limits a request is checked against before any work.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    /// Texts per request at most.
+    pub max_inputs: usize,
+    /// Real tokens per request at most.
+    pub max_tokens: usize,
+}
+
+impl RequestLimits {
+    /// The server's limits.
+    pub fn of(s: &AppState) -> Self {
+        Self {
+            max_inputs: s.config.max_batch_inputs,
+            max_tokens: s.config.max_request_tokens,
+        }
+    }
+}
+
+/// Checks the number of inputs (400 when empty, 413 beyond the limit).
+pub fn check_inputs(n: usize, limits: RequestLimits) -> ApiResult<()> {
+    if n == 0 {
+        return Err(ApiError::bad_request("`inputs` is empty"));
+    }
+    if n > limits.max_inputs {
+        return Err(ApiError::too_large(format!(
+            "{n} inputs; at most {} per request",
+            limits.max_inputs
+        )));
+    }
+    Ok(())
+}
+
+/// One prediction.
+#[derive(Serialize, ToSchema)]
+pub struct Prediction {
+    /// Predicted class name.
+    pub label: String,
+    /// Its index.
+    pub label_id: usize,
+    /// Probability of every class, by name.
+    pub probabilities: BTreeMap<String, f64>,
+    /// Raw logits, when asked.
+    pub logits: Option<Vec<f32>>,
+}
+
+/// A prediction response.
+#[derive(Serialize, ToSchema)]
+pub struct PredictResponse {
+    /// Task.
+    pub task: String,
+    /// `none` or `temperature`.
+    pub calibration: String,
+    /// Temperature applied (1.0 for none).
+    pub temperature: f64,
+    /// One per input, in order.
+    pub predictions: Vec<Prediction>,
+}
+
+/// Model inputs of a task's examples (the prompt head fills its template).
+fn to_texts(s: &AppState, t: &ServedTask, inputs: Vec<PredictInput>) -> ApiResult<Vec<TextInput>> {
+    check_inputs(inputs.len(), RequestLimits::of(s))?;
+    let examples: Vec<Example> = inputs
+        .into_iter()
+        .map(|i| match i {
+            PredictInput::Text(text) => Example {
+                text,
+                text_b: None,
+                label: 0,
+            },
+            PredictInput::Pair { text, text_b } => Example {
+                text,
+                text_b,
+                label: 0,
+            },
+        })
+        .collect();
+    t.head()
+        .inputs(&examples, s.base.tokenizer.mask_token())
+        .map_err(|e| ApiError::bad_request(format!("{e:#}")))
+}
+
+/// Logits of texts under a task: tokenized off the runtime, refused beyond the token budget, checked finite.
+pub(super) async fn logits_for(
+    s: &Arc<AppState>,
+    t: &Arc<ServedTask>,
+    texts: Vec<TextInput>,
+) -> ApiResult<Vec<Vec<f32>>> {
+    let st = s.clone();
+    let prompt = t.head().uses_prompt();
+    let batch = blocking(move || {
+        st.base
+            .tokenizer
+            .encode(&texts, prompt)
+            .map_err(|e| ApiError::bad_request(format!("{e:#}")))
+    })
+    .await?;
+    let tokens = batch.real_tokens();
+    if tokens > s.config.max_request_tokens {
+        return Err(ApiError::too_large(format!(
+            "the request holds {tokens} tokens; at most {} per request (send fewer or shorter texts)",
+            s.config.max_request_tokens
+        )));
+    }
+    let logits = s.engine.logits(t.clone(), batch).await?;
+    if let Some(i) = logits
+        .iter()
+        .position(|row| row.iter().any(|v| !v.is_finite()))
+    {
+        tracing::error!("task `{}` produced non-finite logits for input {i}", t.name);
+        return Err(ApiError::invalid(format!(
+            "task `{}` produced non-finite scores for input {i}; its graft cannot be served (import a valid one)",
+            t.name
+        )));
+    }
+    Ok(logits)
+}
+
+/// The calibration a response reports: `temperature` when one was applied, else `none`.
+fn calibration_name(temperature: Option<f64>) -> &'static str {
+    if temperature.is_some() {
+        "temperature"
+    } else {
+        "none"
+    }
+}
+
+/// Classify texts with a task: label, probabilities for every label, and the calibration applied.
+#[utoipa::path(post, path = "/v1/tasks/{name}/predict", security(("api_key" = ["read"])), params(("name" = String, Path)),
+    request_body = PredictRequest,
+    responses((status = 200, body = PredictResponse), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+              (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn predict(
+    State(s): St,
+    Path(name): Path<String>,
+    Json(req): Json<PredictRequest>,
+) -> ApiResult<Json<PredictResponse>> {
+    let start = std::time::Instant::now();
+    let t = task(&s, &name)?;
+    let texts = to_texts(&s, &t, req.inputs)?;
+    let logits = logits_for(&s, &t, texts).await?;
+    let temperature = if req.calibrate {
+        temperature_of(&t)
+    } else {
+        None
+    };
+    let temp = temperature.unwrap_or(1.0);
+    let labels = labels_of(&t);
+    let probs = softmax_rows(&logits, temp);
+    if probs.iter().flatten().any(|p| !p.is_finite()) {
+        return Err(ApiError::invalid(format!(
+            "task `{name}` produced non-finite probabilities (temperature {temp}); its graft cannot be served"
+        )));
+    }
+    let predictions = probs
+        .into_iter()
+        .zip(logits)
+        .map(|(p, l)| {
+            let id = crate::metrics::argmax(&p);
+            Prediction {
+                label: labels.get(id).cloned().unwrap_or_default(),
+                label_id: id,
+                probabilities: labels.iter().cloned().zip(p).collect(),
+                logits: req.return_logits.then_some(l),
+            }
+        })
+        .collect();
+    s.metrics.record_task(
+        s.config.metrics_per_task,
+        &name,
+        start.elapsed().as_secs_f64(),
+    );
+    Ok(Json(PredictResponse {
+        task: name,
+        calibration: calibration_name(temperature).into(),
+        temperature: temp,
+        predictions,
+    }))
+}
+
+/// A class, by name or by index.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum Label {
+    /// Index into the task's labels.
+    Index(u64),
+    /// One of the task's label names.
+    Name(String),
+}
+
+impl std::fmt::Display for Label {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Label::Index(i) => write!(f, "{i}"),
+            Label::Name(n) => write!(f, "{n:?}"),
+        }
+    }
+}
+
+/// A labelled example for evaluation; the label is a class name or index.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct LabelledInput {
+    /// Text.
+    pub text: String,
+    /// Optional second text.
+    #[serde(default)]
+    pub text_b: Option<String>,
+    /// Class name or index.
+    pub label: Label,
+}
+
+/// An evaluation request.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct EvaluateRequest {
+    /// Labelled examples: at least one, at most `max_batch_inputs`.
+    #[schema(min_items = 1)]
+    pub examples: Vec<LabelledInput>,
+    /// ECE bins (default 10).
+    #[serde(default = "ten")]
+    #[schema(minimum = 1, maximum = 1000)]
+    pub bins: usize,
+    /// Apply the task's temperature (default true).
+    #[serde(default = "yes")]
+    pub calibrate: bool,
+}
+
+impl EvaluateRequest {
+    /// Checks sizes and the bin count.
+    pub fn check(&self, limits: RequestLimits) -> ApiResult<()> {
+        if self.bins == 0 || self.bins > 1000 {
+            return Err(ApiError::bad_request("bins must be between 1 and 1000"));
+        }
+        check_inputs(self.examples.len(), limits)
+    }
+}
+
+fn ten() -> usize {
+    10
+}
+
+/// Metrics of a task on labelled examples.
+#[derive(Serialize, ToSchema)]
+pub struct EvaluateResponse {
+    /// Task.
+    pub task: String,
+    /// `none` or `temperature`.
+    pub calibration: String,
+    /// Metrics (accuracy, macro-F1, ECE with its bin count, NLL, Brier, reliability bins).
+    #[schema(value_type = Object)]
+    pub report: ClassificationReport,
+}
+
+/// Label ids and model inputs of labelled examples (400 naming the first label that is not the task's).
+pub fn labelled(
+    labels: &[String],
+    examples: &[LabelledInput],
+    what: &str,
+) -> ApiResult<(Vec<usize>, Vec<PredictInput>)> {
+    let mut ids = Vec::with_capacity(examples.len());
+    let mut inputs = Vec::with_capacity(examples.len());
+    for (i, e) in examples.iter().enumerate() {
+        let id = match &e.label {
+            Label::Index(n) => usize::try_from(*n).ok().filter(|&v| v < labels.len()),
+            Label::Name(l) => labels.iter().position(|x| x == l),
+        }
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "{what} {i}: label {} is not one of {labels:?}",
+                e.label
+            ))
+        })?;
+        ids.push(id);
+        inputs.push(PredictInput::Pair {
+            text: e.text.clone(),
+            text_b: e.text_b.clone(),
+        });
+    }
+    Ok((ids, inputs))
+}
+
+/// Accuracy of a task on labelled examples (for compositions).
+pub(super) async fn accuracy_of(
+    s: &Arc<AppState>,
+    t: &Arc<ServedTask>,
+    ids: &[usize],
+    inputs: Vec<PredictInput>,
+) -> ApiResult<f64> {
+    let texts = to_texts(s, t, inputs)?;
+    let logits = logits_for(s, t, texts).await?;
+    Ok(crate::model::predict::accuracy(&logits, ids))
+}
+
+/// Evaluate a task on labelled examples: accuracy, macro-F1, ECE (bins named), NLL, Brier, reliability bins.
+#[utoipa::path(post, path = "/v1/tasks/{name}/evaluate", security(("api_key" = ["read"])), params(("name" = String, Path)),
+    request_body = EvaluateRequest,
+    responses((status = 200, body = EvaluateResponse), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+              (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn evaluate(
+    State(s): St,
+    Path(name): Path<String>,
+    Json(req): Json<EvaluateRequest>,
+) -> ApiResult<Json<EvaluateResponse>> {
+    let t = task(&s, &name)?;
+    req.check(RequestLimits::of(&s))?;
+    let (ids, inputs) = labelled(&labels_of(&t), &req.examples, "example")?;
+    let texts = to_texts(&s, &t, inputs)?;
+    let logits = logits_for(&s, &t, texts).await?;
+    let temperature = if req.calibrate {
+        temperature_of(&t)
+    } else {
+        None
+    };
+    let report = evaluate_logits(&logits, &ids, temperature.unwrap_or(1.0), req.bins)
+        .map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
+    Ok(Json(EvaluateResponse {
+        task: name,
+        calibration: calibration_name(temperature).into(),
+        report,
+    }))
+}

@@ -1,0 +1,172 @@
+//! Tasks: list and describe them (also those stored but failed to load), import and download graft files,
+//! delete. Every write to one name goes through [`AppState::install_task`] / [`AppState::remove_task`],
+//! which serialize writes per name.
+
+use super::{blocking, labels_of, require_content_type, task, temperature_of, St};
+use crate::engine::ServedTask;
+use crate::server::error::{ApiError, ApiResult, ErrorBody};
+use crate::server::AppState;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// Whether a stored task is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    /// Loaded and served.
+    Ready,
+    /// Stored, but its graft could not be loaded (see `error`); not served.
+    Failed,
+}
+
+/// A task. For a task that failed to load, only `name`, `state` and `error` are meaningful.
+#[derive(Serialize, ToSchema)]
+pub struct TaskSummary {
+    /// Name.
+    pub name: String,
+    /// Served, or failed to load.
+    pub state: TaskState,
+    /// Why it failed to load.
+    pub error: Option<String>,
+    /// Class names.
+    pub labels: Vec<String>,
+    /// Head kind.
+    pub head: String,
+    /// Grafted parameters.
+    pub graft_size: usize,
+    /// Percent of the region.
+    pub percent_of_region: f64,
+    /// Percent of all body parameters.
+    pub percent_of_model: f64,
+    /// Localization method.
+    pub method: String,
+    /// Temperature fitted on dev for the graft (applied by predict when calibrating).
+    pub temperature: Option<f64>,
+    /// Stored metrics (accuracy, ECE of base+head / base patch / graft / fine-tuned).
+    #[schema(value_type = Object)]
+    pub metrics: serde_json::Value,
+}
+
+/// The summary of a served task.
+pub(super) fn summary(t: &ServedTask) -> TaskSummary {
+    let m = &t.graft.manifest;
+    let variants: Vec<serde_json::Value> = m.metrics["variants"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .map(|r| {
+                    serde_json::json!({"name": r["name"], "size": r["size"], "accuracy": r["test"]["accuracy"],
+                    "ece": r["test"]["ece"], "ece_bins": r["test"]["ece_bins"],
+                    "ece_after_temperature": r["test_calibrated"]["ece"], "temperature": r["temperature"]})
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    TaskSummary {
+        name: t.name.clone(),
+        state: TaskState::Ready,
+        error: None,
+        labels: labels_of(t),
+        head: t.head().kind().into(),
+        graft_size: t.graft.size(),
+        percent_of_region: 100.0 * m.region_fraction(),
+        percent_of_model: 100.0 * m.model_fraction(),
+        method: m.method.clone(),
+        temperature: temperature_of(t),
+        metrics: serde_json::json!({"variants": variants}),
+    }
+}
+
+fn failed_summary(name: &str, error: &str) -> TaskSummary {
+    TaskSummary {
+        name: name.to_string(),
+        state: TaskState::Failed,
+        error: Some(error.to_string()),
+        labels: vec![],
+        head: String::new(),
+        graft_size: 0,
+        percent_of_region: 0.0,
+        percent_of_model: 0.0,
+        method: String::new(),
+        temperature: None,
+        metrics: serde_json::json!({}),
+    }
+}
+
+/// All stored tasks: those served (`state: ready`) and those that failed to load (`state: failed`, `error`).
+#[utoipa::path(get, path = "/v1/tasks", security(("api_key" = ["read"])), responses((status = 200, body = Vec<TaskSummary>)))]
+pub async fn list_tasks(State(s): St) -> Json<Vec<TaskSummary>> {
+    let mut v: Vec<TaskSummary> = s.tasks.iter().map(|t| summary(&t)).collect();
+    v.extend(s.failed.iter().map(|f| failed_summary(f.key(), f.value())));
+    v.sort_by(|a, b| a.name.cmp(&b.name));
+    Json(v)
+}
+
+fn describe(s: &AppState, name: &str) -> ApiResult<TaskSummary> {
+    if let Some(why) = s.failed.get(name) {
+        return Ok(failed_summary(name, why.value()));
+    }
+    Ok(summary(&*task(s, name)?))
+}
+
+/// One task: labels, head, graft size, stored metrics, temperature (or why it failed to load).
+#[utoipa::path(get, path = "/v1/tasks/{name}", security(("api_key" = ["read"])), params(("name" = String, Path)),
+    responses((status = 200, body = TaskSummary), (status = 404, body = ErrorBody)))]
+pub async fn get_task(State(s): St, Path(name): Path<String>) -> ApiResult<Json<TaskSummary>> {
+    Ok(Json(describe(&s, &name)?))
+}
+
+/// Import a graft file made elsewhere (e.g. by `skillgraft localize`) as task `name`, replacing it. The
+/// graft is validated fully against the base first (422 naming the problem). Concurrent imports to one name
+/// are applied one after the other: the last one acknowledged is what is served and stored.
+#[utoipa::path(put, path = "/v1/tasks/{name}/graft", security(("api_key" = ["admin"])), params(("name" = String, Path)),
+    request_body(content = String, description = "A graft file", content_type = "application/octet-stream"),
+    responses((status = 200, body = TaskSummary)))]
+pub async fn put_graft(
+    State(s): St,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<TaskSummary>> {
+    require_content_type(&headers, &["application/octet-stream"])?;
+    let st = s.clone();
+    let t = blocking(move || st.install_task(&name, &body)).await?;
+    Ok(Json(summary(&t)))
+}
+
+/// Download a task's graft file.
+#[utoipa::path(get, path = "/v1/tasks/{name}/graft", security(("api_key" = ["read"])), params(("name" = String, Path)),
+    responses((status = 200, body = String, description = "The graft file", content_type = "application/octet-stream"),
+        (status = 404, body = ErrorBody)))]
+pub async fn get_graft(State(s): St, Path(name): Path<String>) -> ApiResult<impl IntoResponse> {
+    task(&s, &name)?;
+    let store = s.store.clone();
+    let bytes = blocking(move || {
+        store
+            .get_task(&name)
+            .map_err(ApiError::internal)?
+            .ok_or_else(|| ApiError::not_found(format!("unknown task `{name}`")))
+    })
+    .await?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes))
+}
+
+/// Delete a task (also one that failed to load).
+#[utoipa::path(delete, path = "/v1/tasks/{name}", security(("api_key" = ["admin"])), params(("name" = String, Path)),
+    responses((status = 204, description = "Deleted"), (status = 404, body = ErrorBody)))]
+pub async fn delete_task(State(s): St, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    let st = s.clone();
+    let n = name.clone();
+    if blocking(move || st.remove_task(&n)).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!(
+            "unknown task `{name}` (GET /v1/tasks lists them)"
+        )))
+    }
+}

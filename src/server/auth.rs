@@ -1,0 +1,245 @@
+//! Authorization, decided from the route that matched and the method, never from the path text.
+//!
+//! Who may call what is written once, in the OpenAPI document: an operation without `security` is public,
+//! one with `api_key: [read]` needs any key, one with `api_key: [admin]` needs an admin key. [`AccessTable`]
+//! is built from that document, so the served contract and the enforced one cannot drift apart; an
+//! operation the document does not know (a method not allowed on a route) needs an admin key. Keys are
+//! compared as SHA-256 digests with `subtle`'s constant-time equality, so neither a key's content nor its
+//! length shows in the time a comparison takes.
+
+use super::error::{ApiError, ErrorKind};
+use super::AppState;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+/// What a caller needs for an operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Access {
+    /// Anyone.
+    Public,
+    /// Any key (reader or admin).
+    Read,
+    /// An admin key.
+    Admin,
+}
+
+impl std::str::FromStr for Access {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "public" => Ok(Access::Public),
+            "read" | "reader" => Ok(Access::Read),
+            "admin" => Ok(Access::Admin),
+            other => Err(format!("`{other}`: expected public, read or admin")),
+        }
+    }
+}
+
+/// The scope names the OpenAPI document uses.
+pub const READ_SCOPE: &str = "read";
+/// See [`READ_SCOPE`].
+pub const ADMIN_SCOPE: &str = "admin";
+
+/// (route template, method) → access, from the OpenAPI document.
+#[derive(Debug, Clone)]
+pub struct AccessTable {
+    routes: HashMap<(String, Method), Access>,
+}
+
+impl AccessTable {
+    /// Reads every operation's security requirement from `doc`.
+    pub fn from_document(doc: &serde_json::Value) -> Self {
+        let mut routes = HashMap::new();
+        if let Some(paths) = doc["paths"].as_object() {
+            for (path, ops) in paths {
+                let Some(ops) = ops.as_object() else { continue };
+                for (method, op) in ops {
+                    let Ok(m) = method.to_ascii_uppercase().parse::<Method>() else {
+                        continue;
+                    };
+                    routes.insert((path.clone(), m), access_of(op));
+                }
+            }
+        }
+        Self { routes }
+    }
+
+    /// Makes GET (and HEAD) on these route templates public: routes outside the API document that serve
+    /// only embedded, data-free files (the web explorer's).
+    pub fn with_public_pages(mut self, templates: &[&str]) -> Self {
+        for t in templates {
+            self.routes
+                .insert((t.to_string(), Method::GET), Access::Public);
+        }
+        self
+    }
+
+    /// What `method` on the route template `path` needs; unknown operations need an admin key.
+    pub fn get(&self, path: &str, method: &Method) -> Access {
+        let m = if method == Method::HEAD {
+            &Method::GET
+        } else {
+            method
+        };
+        self.routes
+            .get(&(path.to_string(), m.clone()))
+            .copied()
+            .unwrap_or(Access::Admin)
+    }
+}
+
+fn access_of(op: &serde_json::Value) -> Access {
+    let Some(reqs) = op["security"].as_array() else {
+        return Access::Public;
+    };
+    let mut need = Access::Public;
+    for r in reqs {
+        for scopes in r.as_object().into_iter().flat_map(|o| o.values()) {
+            let scopes: Vec<&str> = scopes
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s.as_str())
+                .collect();
+            let a = if scopes.contains(&ADMIN_SCOPE) {
+                Access::Admin
+            } else {
+                Access::Read
+            };
+            need = need.max(a);
+        }
+    }
+    need
+}
+
+/// The configured keys, kept as SHA-256 digests.
+#[derive(Debug, Clone, Default)]
+pub struct Keys {
+    readers: Vec<[u8; 32]>,
+    admins: Vec<[u8; 32]>,
+}
+
+/// Who is calling, as handlers see it (a request extension).
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    /// Whether the caller may change state and see everything (true when no keys are configured).
+    pub admin: bool,
+}
+
+fn digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+impl Keys {
+    /// Reader and admin keys.
+    pub fn new(readers: &[String], admins: &[String]) -> Self {
+        Self {
+            readers: readers.iter().map(|k| digest(k)).collect(),
+            admins: admins.iter().map(|k| digest(k)).collect(),
+        }
+    }
+
+    /// Whether any key is configured (otherwise the service is open).
+    pub fn enabled(&self) -> bool {
+        !(self.readers.is_empty() && self.admins.is_empty())
+    }
+
+    /// `Some(admin?)` when `given` is a configured key. Every configured key is compared, whatever matches.
+    pub fn check(&self, given: &str) -> Option<bool> {
+        let d = digest(given);
+        let any = |keys: &[[u8; 32]]| {
+            keys.iter()
+                .fold(subtle::Choice::from(0), |acc, k| acc | k.ct_eq(&d))
+        };
+        let admin: bool = any(&self.admins).into();
+        let reader: bool = any(&self.readers).into();
+        (admin || reader).then_some(admin)
+    }
+}
+
+fn key_of(req: &Request) -> Option<&str> {
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
+/// Middleware: refuses callers without the access the matched operation needs; records a [`Caller`].
+pub async fn authorize(
+    State(state): State<Arc<AppState>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let keys = &state.keys;
+    if !keys.enabled() {
+        req.extensions_mut().insert(Caller { admin: true });
+        return next.run(req).await;
+    }
+    let need = match req.extensions().get::<MatchedPath>() {
+        Some(p) if p.as_str() == "/metrics" => state.config.metrics_access,
+        Some(p) => state.access.get(p.as_str(), req.method()),
+        None => Access::Public,
+    };
+    let admin = match key_of(&req).map(|k| keys.check(k)) {
+        Some(Some(admin)) => Some(admin),
+        Some(None) if need > Access::Public => {
+            return ApiError::new(ErrorKind::Unauthorized, "invalid API key").into_response()
+        }
+        None if need > Access::Public => {
+            return ApiError::new(
+                ErrorKind::Unauthorized,
+                "missing `Authorization: Bearer <key>` header",
+            )
+            .into_response()
+        }
+        _ => None,
+    };
+    if need == Access::Admin && admin != Some(true) {
+        return ApiError::new(
+            ErrorKind::Forbidden,
+            "this operation changes state and needs an admin key",
+        )
+        .into_response();
+    }
+    req.extensions_mut().insert(Caller {
+        admin: admin == Some(true),
+    });
+    next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_of_different_lengths_never_match() {
+        let k = Keys::new(&["a".repeat(256)], &["b".into()]);
+        assert_eq!(k.check(&"a".repeat(256)), Some(false));
+        assert_eq!(k.check("b"), Some(true));
+        assert_eq!(k.check(""), None);
+        assert_eq!(k.check(&"a".repeat(512)), None);
+        assert_eq!(k.check(&"a".repeat(255)), None);
+        assert_eq!(k.check("bb"), None);
+        // The old comparison took a length difference of 256 for equality when the rest was NUL bytes.
+        assert_eq!(k.check(&format!("b{}", "\0".repeat(256))), None);
+    }
+
+    #[test]
+    fn every_route_of_the_document_has_an_access_level() {
+        let t = AccessTable::from_document(super::super::openapi::document_value());
+        assert_eq!(t.get("/health", &Method::GET), Access::Public);
+        assert_eq!(t.get("/v1/tasks", &Method::GET), Access::Read);
+        assert_eq!(t.get("/v1/tasks/{name}", &Method::DELETE), Access::Admin);
+        assert_eq!(
+            t.get("/v1/tasks/{name}/predict", &Method::POST),
+            Access::Read
+        );
+        assert_eq!(t.get("/v1/tasks/{name}", &Method::PATCH), Access::Admin);
+    }
+}

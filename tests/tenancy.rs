@@ -1,0 +1,620 @@
+//! Safe multi-tenancy (issue 8), over real HTTP against the release binary and the default model: who may
+//! call what (every operation of the OpenAPI document × four callers), graft validation on import, writes
+//! to one name, stored tasks that fail to load, request budgets, shutdown and header deadlines,
+//! all-or-nothing compositions, upload hygiene, and what readers may see.
+
+mod common;
+
+use common::grafts::{self, QUERY0};
+use common::http::{request, Resp, Server};
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+const READER: &str = "reader-key";
+const ADMIN: &str = "admin-key";
+const KEYS: [&str; 4] = ["--api-key", READER, "--admin-key", ADMIN];
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("sg-ten-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn call(s: &Server, key: Option<&str>, method: &str, path: &str, ct: &str, body: &[u8]) -> Resp {
+    let auth = key.map(|k| format!("Bearer {k}"));
+    let mut h: Vec<(&str, &str)> = vec![("Content-Type", ct)];
+    if let Some(a) = &auth {
+        h.push(("Authorization", a));
+    }
+    request(&s.addr, method, path, &h, body)
+}
+
+fn put_graft(s: &Server, name: &str, bytes: &[u8]) -> Resp {
+    call(
+        s,
+        Some(ADMIN),
+        "PUT",
+        &format!("/v1/tasks/{name}/graft"),
+        "application/octet-stream",
+        bytes,
+    )
+}
+
+fn predict(s: &Server, name: &str) -> Resp {
+    call(
+        s,
+        Some(READER),
+        "POST",
+        &format!("/v1/tasks/{name}/predict"),
+        "application/json",
+        json!({"inputs": ["a gorgeous , witty , seductive movie ."]})
+            .to_string()
+            .as_bytes(),
+    )
+}
+
+fn message(r: &Resp) -> String {
+    r.json()["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn every_operation_of_the_document_refuses_callers_without_access() {
+    let Some(model) = common::minilm_dir() else {
+        return;
+    };
+    let work = tmp("auth");
+    let s = Server::start(&model, &work.join("state"), &KEYS);
+    let doc: Value = request(&s.addr, "GET", "/openapi.json", &[], b"").json();
+    let paths = doc["paths"].as_object().expect("paths");
+    assert!(
+        paths.len() >= 15,
+        "the document lists {} paths",
+        paths.len()
+    );
+    let mut checked = 0;
+    for (path, ops) in paths {
+        for (method, op) in ops.as_object().unwrap() {
+            let scopes: Vec<&str> = op["security"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r["api_key"].as_array())
+                .flatten()
+                .filter_map(|s| s.as_str())
+                .collect();
+            let need = if scopes.contains(&"admin") {
+                "admin"
+            } else if scopes.is_empty() {
+                "public"
+            } else {
+                "read"
+            };
+            let m = method.to_uppercase();
+            // Independent of the document: every operation that changes state must need an admin key, and
+            // everything under /v1 (and /metrics) must need some key.
+            let reads = m == "GET" || path.ends_with("/predict") || path.ends_with("/evaluate");
+            assert!(
+                reads || need == "admin",
+                "{m} {path} changes state but the document gives it to `{need}`"
+            );
+            if path.starts_with("/v1") || path == "/metrics" {
+                assert_ne!(need, "public", "{m} {path} must need a key");
+            }
+            // Path parameters that spell other routes' last segments must not change the decision.
+            for value in ["x", "predict", "evaluate", "graft"] {
+                let p = path.replace("{name}", value).replace("{id}", value);
+                let p = if p == "/v1/overlap" {
+                    "/v1/overlap?tasks=x".into()
+                } else {
+                    p
+                };
+                for (who, key) in [
+                    ("nobody", None),
+                    ("wrong", Some("not-a-key")),
+                    ("reader", Some(READER)),
+                    ("admin", Some(ADMIN)),
+                ] {
+                    let r = call(&s, key, &m, &p, "application/json", b"{}");
+                    let expected: &[u16] = match (need, who) {
+                        ("public", _) => &[],
+                        (_, "nobody") | (_, "wrong") => &[401],
+                        ("admin", "reader") => &[403],
+                        _ => &[],
+                    };
+                    if expected.is_empty() {
+                        assert!(
+                            ![401, 403].contains(&r.status),
+                            "{who} on {m} {p} ({need}): {} {}",
+                            r.status,
+                            r.text()
+                        );
+                    } else {
+                        assert!(
+                            expected.contains(&r.status),
+                            "{who} on {m} {p} ({need}): expected {expected:?}, got {} {}",
+                            r.status,
+                            r.text()
+                        );
+                        assert!(r.json()["error"]["code"].is_string());
+                    }
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked >= 15 * 16, "only {checked} calls checked");
+    // A method the document does not list needs an admin key.
+    let r = call(
+        &s,
+        Some(READER),
+        "PATCH",
+        "/v1/tasks/x",
+        "application/json",
+        b"{}",
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    s.stop();
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+#[test]
+fn invalid_grafts_are_refused_and_never_reach_other_tenants() {
+    let Some(model) = common::minilm_dir() else {
+        return;
+    };
+    let work = tmp("grafts");
+    let s = Server::start(&model, &work.join("state"), &KEYS);
+    let base = grafts::base(&model);
+    let good = grafts::synthetic(&base, 50);
+    let r = put_graft(&s, "good", &good.to_bytes().unwrap());
+    assert_eq!(r.status, 200, "{}", r.text());
+    type Breaker = Box<dyn Fn(&mut skillgraft::graft::Graft)>;
+    let cases: Vec<(&str, Breaker, &str)> = vec![
+        (
+            "head shape",
+            Box::new(|g| g.head.get_mut("prototype.weight").unwrap().shape = vec![4, 192]),
+            "shape",
+        ),
+        (
+            "descriptions",
+            Box::new(|g| {
+                if let Some(t) = g.manifest.task.as_mut() {
+                    t.label_descriptions = vec!["It was fine.".into(), "It was dull.".into()];
+                }
+            }),
+            "descriptions",
+        ),
+        (
+            "huge head value",
+            Box::new(|g| g.head.get_mut("prototype.weight").unwrap().values[3] = 3.4e38),
+            "magnitude",
+        ),
+        (
+            "NaN head value",
+            Box::new(|g| g.head.get_mut("prototype.weight").unwrap().values[0] = f32::NAN),
+            "finite",
+        ),
+        (
+            "inf body value",
+            Box::new(|g| g.entries[0].values[1] = f32::INFINITY),
+            "finite",
+        ),
+        (
+            "huge body value",
+            Box::new(|g| g.entries[0].values[1] = 1e30),
+            "magnitude",
+        ),
+        ("tau 0", Box::new(|g| set_tau(g, 0.0)), "temperature"),
+        (
+            "tau 1e-300",
+            Box::new(|g| set_tau(g, 1e-300)),
+            "temperature",
+        ),
+        ("tau -5", Box::new(|g| set_tau(g, -5.0)), "temperature"),
+        (
+            "calibration 0",
+            Box::new(|g| {
+                g.manifest.metrics = json!({"variants": [{"name": "graft", "temperature": 0.0}]})
+            }),
+            "temperature",
+        ),
+        (
+            "calibration 1e-300",
+            Box::new(|g| {
+                g.manifest.metrics = json!({"variants": [{"name": "graft", "temperature": 1e-300}]})
+            }),
+            "temperature",
+        ),
+        (
+            "calibration -5",
+            Box::new(|g| {
+                g.manifest.metrics = json!({"variants": [{"name": "graft", "temperature": -5.0}]})
+            }),
+            "temperature",
+        ),
+        (
+            "extra head tensor",
+            Box::new(|g| {
+                let t = g.head["prototype.weight"].clone();
+                g.head.insert("classifier.weight".into(), t);
+            }),
+            "classifier.weight",
+        ),
+        (
+            "body shape",
+            Box::new(|g| g.entries[0].shape = vec![384 * 384]),
+            "shape",
+        ),
+        (
+            "unknown tensor",
+            Box::new(|g| g.entries[0].name = "encoder.layer.99.x.weight".into()),
+            "does not have",
+        ),
+    ];
+    for (what, brk, needle) in &cases {
+        let mut g = good.clone();
+        brk(&mut g);
+        let r = put_graft(&s, "bad", &g.to_bytes().unwrap());
+        assert_eq!(r.status, 422, "{what}: {} {}", r.status, r.text());
+        assert!(
+            message(&r).to_lowercase().contains(needle),
+            "{what}: the message should name `{needle}`: {}",
+            message(&r)
+        );
+        assert_eq!(
+            call(&s, Some(READER), "GET", "/v1/tasks/bad", "", b"").status,
+            404,
+            "{what}"
+        );
+    }
+    // The good task still serves finite probabilities.
+    let r = predict(&s, "good");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let p = &r.json()["predictions"][0]["probabilities"];
+    let total: f64 = p
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_f64().expect("finite"))
+        .sum();
+    assert!((total - 1.0).abs() < 1e-9);
+    s.stop();
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+fn set_tau(g: &mut skillgraft::graft::Graft, tau: f64) {
+    if let skillgraft::model::HeadSpec::Prototype { temperature, .. } = &mut g.manifest.head {
+        *temperature = tau;
+    }
+}
+
+#[test]
+fn writes_to_one_name_are_serialized_and_failed_loads_are_reported() {
+    let Some(model) = common::minilm_dir() else {
+        return;
+    };
+    let work = tmp("writes");
+    let state = work.join("state");
+    let s = Server::start(&model, &state, &KEYS);
+    let base = grafts::base(&model);
+    let uploads: Vec<Vec<u8>> = (1..=8)
+        .map(|k| grafts::synthetic(&base, k * 10).to_bytes().unwrap())
+        .collect();
+    for round in 0..10 {
+        let codes: Vec<u16> = std::thread::scope(|sc| {
+            let hs: Vec<_> = uploads
+                .iter()
+                .map(|b| sc.spawn(|| put_graft(&s, "t0", b).status))
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(codes.iter().all(|&c| c == 200), "round {round}: {codes:?}");
+        let stored = std::fs::read(state.join("tasks/t0.graft")).unwrap();
+        let i = uploads.iter().position(|u| *u == stored);
+        assert!(
+            i.is_some(),
+            "round {round}: the stored file is none of the uploads"
+        );
+        let served = call(&s, Some(READER), "GET", "/v1/tasks/t0", "", b"").json();
+        assert_eq!(
+            served["graft_size"].as_u64(),
+            Some((i.unwrap() as u64 + 1) * 10),
+            "round {round}: the registry and the disk disagree"
+        );
+        let g = call(&s, Some(READER), "GET", "/v1/tasks/t0/graft", "", b"");
+        assert_eq!(g.body, stored, "round {round}");
+    }
+    s.stop();
+    // A temporary file left by a crash, and a stored task that cannot be loaded.
+    std::fs::write(state.join("tasks/.t0.graft.tmp-3102"), b"half").unwrap();
+    std::fs::write(state.join("tasks/broken.graft"), b"not a graft").unwrap();
+    let s = Server::start(&model, &state, &KEYS);
+    let names: Vec<String> = std::fs::read_dir(state.join("tasks"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.starts_with('.')),
+        "stale temporary files: {names:?}"
+    );
+    let ready = request(&s.addr, "GET", "/ready", &[], b"").json();
+    assert_eq!(ready["status"], "degraded", "{ready}");
+    assert_eq!(ready["tasks_failed"], 1, "{ready}");
+    let tasks = call(&s, Some(READER), "GET", "/v1/tasks", "", b"").json();
+    let broken = tasks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "broken")
+        .expect("the broken task is listed");
+    assert_eq!(broken["state"], "failed");
+    assert!(
+        broken["error"].as_str().unwrap().contains("graft"),
+        "{broken}"
+    );
+    assert_eq!(predict(&s, "broken").status, 409);
+    assert_eq!(predict(&s, "t0").status, 200);
+    let r = call(&s, Some(ADMIN), "DELETE", "/v1/tasks/broken", "", b"");
+    assert_eq!(r.status, 204);
+    assert!(!state.join("tasks/broken.graft").exists());
+    s.stop();
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+#[test]
+fn budgets_deadlines_and_all_or_nothing_compositions() {
+    let Some(model) = common::minilm_dir() else {
+        return;
+    };
+    let work = tmp("budget");
+    let state = work.join("state");
+    let args = [
+        KEYS.as_slice(),
+        &[
+            "--max-request-tokens",
+            "64",
+            "--max-overlap-tasks",
+            "3",
+            "--max-graft-bytes",
+            "200000",
+            "--header-timeout-secs",
+            "1",
+            "--timeout-secs",
+            "2",
+            "--shutdown-grace-secs",
+            "1",
+        ],
+    ]
+    .concat();
+    let s = Server::start(&model, &state, &args);
+    let base = grafts::base(&model);
+    for (name, k) in [("a", 10), ("b", 20)] {
+        assert_eq!(
+            put_graft(&s, name, &grafts::synthetic(&base, k).to_bytes().unwrap()).status,
+            200
+        );
+    }
+    // Token budget.
+    let long =
+        json!({"inputs": vec!["a long sentence with quite a few words in it, going on and on"; 8]});
+    let r = call(
+        &s,
+        Some(READER),
+        "POST",
+        "/v1/tasks/a/predict",
+        "application/json",
+        long.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert!(message(&r).contains("tokens"), "{}", r.text());
+    assert_eq!(predict(&s, "a").status, 200);
+    // Overlap's task limit.
+    let r = call(
+        &s,
+        Some(READER),
+        "GET",
+        "/v1/overlap?tasks=a,b,a,b",
+        "",
+        b"",
+    );
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert_eq!(
+        call(&s, Some(READER), "GET", "/v1/overlap?tasks=a,b", "", b"").status,
+        200
+    );
+    // A composition with a bad label creates nothing.
+    let r = call(&s, Some(ADMIN), "POST", "/v1/compositions", "application/json",
+        json!({"name": "ab", "tasks": ["a", "b"], "data": {"b": [{"text": "fine", "label": "nope"}]}}).to_string().as_bytes());
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(
+        call(&s, Some(READER), "GET", "/v1/tasks/ab", "", b"").status,
+        404
+    );
+    assert!(!state.join("tasks/ab.graft").exists());
+    let r = call(
+        &s,
+        Some(ADMIN),
+        "POST",
+        "/v1/compositions",
+        "application/json",
+        json!({"name": "ab", "tasks": ["a", "b"], "data": {"b": [{"text": "fine", "label": 1}]}})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["members"][1]["examples"], 1);
+    // Graft imports have their own small limit.
+    let r = put_graft(&s, "big", &vec![0u8; 300_000]);
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "payload_too_large");
+    // A client that never finishes its headers is disconnected.
+    let mut slow = TcpStream::connect(&s.addr).unwrap();
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let t = Instant::now();
+    let mut buf = Vec::new();
+    let _ = slow.read_to_end(&mut buf);
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "half-sent headers kept open {:?}",
+        t.elapsed()
+    );
+    // A stalled upload times out with JSON, and leaves no scratch files.
+    let mut up = TcpStream::connect(&s.addr).unwrap();
+    up.write_all(
+        format!("POST /v1/checkpoints HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN}\r\nContent-Type: application/x-tar\r\nContent-Length: 100000\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    up.write_all(&[0u8; 1000]).unwrap();
+    up.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while let Ok(n) = up.read(&mut chunk) {
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&chunk[..n]);
+        if raw.windows(4).any(|w| w == b"}}\r\n") || String::from_utf8_lossy(&raw).contains("}}") {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&raw).to_string();
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("\"code\":\"timeout\""), "{text}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        std::fs::read_dir(state.join("tmp")).unwrap().count(),
+        0,
+        "scratch files left"
+    );
+    // SIGTERM with a request still hanging finishes within the deadline.
+    let mut hang = TcpStream::connect(&s.addr).unwrap();
+    hang.write_all(
+        format!("PUT /v1/tasks/h/graft HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN}\r\nContent-Type: application/octet-stream\r\nContent-Length: 1000\r\n\r\nxx").as_bytes(),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    s.stop();
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "shutdown took {:?}",
+        t.elapsed()
+    );
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+#[test]
+fn readers_see_no_job_inputs_no_task_names_in_metrics_and_no_internal_errors() {
+    let Some(model) = common::minilm_dir() else {
+        return;
+    };
+    let work = tmp("exposure");
+    let state = work.join("state");
+    let s = Server::start(&model, &state, &KEYS);
+    let base = grafts::base(&model);
+    assert_eq!(
+        put_graft(
+            &s,
+            "secret-task",
+            &grafts::synthetic(&base, 5).to_bytes().unwrap()
+        )
+        .status,
+        200
+    );
+    assert_eq!(predict(&s, "secret-task").status, 200);
+    assert_eq!(request(&s.addr, "GET", "/metrics", &[], b"").status, 401);
+    let m = call(&s, Some(READER), "GET", "/metrics", "", b"");
+    assert_eq!(m.status, 200);
+    assert!(m.text().contains("skillgraft_http_requests_total"));
+    assert!(!m.text().contains("secret-task"), "metrics name a task");
+    // A job with inline examples (its checkpoint is junk, so it fails; its record stays).
+    std::fs::create_dir_all(state.join("checkpoints/ckpt-junk")).unwrap();
+    std::fs::write(state.join("checkpoints/ckpt-junk/config.json"), b"{}").unwrap();
+    let ex = json!([{"text": "private sentence one", "label": 0}, {"text": "private sentence two", "label": 1}]);
+    let r = call(&s, Some(ADMIN), "POST", "/v1/localizations", "application/json",
+        json!({"checkpoint": "ckpt-junk", "task_name": "j", "task": "sst2", "train": ex, "dev": ex}).to_string().as_bytes());
+    assert_eq!(r.status, 202, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let job = loop {
+        let j = call(
+            &s,
+            Some(ADMIN),
+            "GET",
+            &format!("/v1/localizations/{id}"),
+            "",
+            b"",
+        )
+        .json();
+        if j["state"] == "failed" || Instant::now() > deadline {
+            break j;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(job["state"], "failed", "{job}");
+    assert!(job["request"]["train"].is_array(), "admins see the inputs");
+    let err = job["error"].as_str().unwrap_or_default();
+    assert!(
+        !err.contains(state.to_str().unwrap()),
+        "absolute path in a job error: {err}"
+    );
+    for path in [
+        format!("/v1/localizations/{id}"),
+        "/v1/localizations".into(),
+        format!("/v1/localizations/{id}/events"),
+    ] {
+        let r = call(&s, Some(READER), "GET", &path, "", b"");
+        assert_eq!(r.status, 200);
+        assert!(
+            !r.text().contains("private sentence"),
+            "{path} shows job inputs to a reader"
+        );
+    }
+    // An internal error answers a generic message with a request id (the detail is logged).
+    std::fs::create_dir_all(state.join("tasks/victim.graft/inner")).unwrap();
+    let r = put_graft(
+        &s,
+        "victim",
+        &grafts::synthetic(&base, 5).to_bytes().unwrap(),
+    );
+    assert_eq!(r.status, 500, "{}", r.text());
+    let id = r.json()["error"]["request_id"]
+        .as_str()
+        .expect("request id")
+        .to_string();
+    assert_eq!(r.header("x-request-id"), Some(id.as_str()));
+    assert!(!r.text().contains(state.to_str().unwrap()), "{}", r.text());
+    assert!(!r.text().contains("cannot move"), "{}", r.text());
+    // Checkpoint errors name no server paths.
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(2);
+    h.set_mode(0o644);
+    h.set_cksum();
+    b.append_data(&mut h, "ckpt/config.json", &b"{}"[..])
+        .unwrap();
+    let r = call(
+        &s,
+        Some(ADMIN),
+        "POST",
+        "/v1/checkpoints",
+        "application/x-tar",
+        &b.into_inner().unwrap(),
+    );
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(!r.text().contains(state.to_str().unwrap()), "{}", r.text());
+    assert!(!r.text().contains("/tmp/"), "{}", r.text());
+    s.stop();
+    let _ = std::fs::remove_dir_all(&work);
+    let _ = QUERY0;
+}
