@@ -22,10 +22,14 @@ fn blis_dir() -> Option<PathBuf> {
             if os != "linux" {
                 return None;
             }
-            vec![PathBuf::from(format!("/usr/lib/{arch}-linux-gnu/blis-serial"))]
+            vec![PathBuf::from(format!(
+                "/usr/lib/{arch}-linux-gnu/blis-serial"
+            ))]
         }
     };
-    candidates.into_iter().find(|d| d.join("libblis.a").is_file())
+    candidates
+        .into_iter()
+        .find(|d| d.join("libblis.a").is_file())
 }
 
 fn main() {

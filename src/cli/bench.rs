@@ -83,9 +83,7 @@ fn synced<T>(device: &candle_core::Device, f: impl FnOnce() -> Result<T>) -> Res
 }
 
 /// The base weights plus a fixed random linear head (`classifier.*`, 2 classes) for timing.
-pub(super) fn with_linear_head(
-    base: &crate::model::BaseModel,
-) -> Result<BTreeMap<String, Tensor>> {
+pub(super) fn with_linear_head(base: &crate::model::BaseModel) -> Result<BTreeMap<String, Tensor>> {
     let dev = &base.device;
     let mut tensors = base.model.weights.tensors.clone();
     let h = base.model.config.hidden_size;

@@ -77,9 +77,9 @@ pub fn run(a: BenchWorkerArgs) -> Result<()> {
                 }
                 let input = match inputs.entry((req.batch, req.seq)) {
                     std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(e) => {
-                        e.insert(random_batch(req.batch, req.seq, 1).to_input(cfg, dev, base.dtype)?)
-                    }
+                    std::collections::hash_map::Entry::Vacant(e) => e.insert(
+                        random_batch(req.batch, req.seq, 1).to_input(cfg, dev, base.dtype)?,
+                    ),
                 };
                 let labels: Vec<u32> = (0..req.batch as u32).map(|i| i % 2).collect();
                 let labels = Tensor::from_vec(labels, req.batch, dev)?;
@@ -89,8 +89,7 @@ pub fn run(a: BenchWorkerArgs) -> Result<()> {
                     if req.op == "forward" {
                         clf.encoder.forward(input)?;
                     } else {
-                        let loss =
-                            candle_nn::loss::cross_entropy(&clf_t.logits(input)?, &labels)?;
+                        let loss = candle_nn::loss::cross_entropy(&clf_t.logits(input)?, &labels)?;
                         params.gradients(&loss.backward()?)?;
                     }
                     dev.synchronize()?;

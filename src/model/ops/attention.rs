@@ -145,7 +145,14 @@ fn probabilities<T: GemmScalar + Real>(
     softmax_biased_rows(scores, &bias[bi * d.s..bi * d.s + n]);
 }
 
-fn forward<T: GemmScalar + Real>(d: Dims, scale: T, q: &[T], k: &[T], v: &[T], bias: &[T]) -> Vec<T> {
+fn forward<T: GemmScalar + Real>(
+    d: Dims,
+    scale: T,
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    bias: &[T],
+) -> Vec<T> {
     let len = d.b * d.s * d.h;
     let valid = valid_keys(bias, d.s);
     let mut out: Vec<T> = Vec::with_capacity(len);
@@ -188,7 +195,11 @@ fn backward<T: GemmScalar + Real>(
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
     let len = d.b * d.s * d.h;
     let valid = valid_keys(bias, d.s);
-    let (mut dq, mut dk, mut dv) = (vec![T::zero(); len], vec![T::zero(); len], vec![T::zero(); len]);
+    let (mut dq, mut dk, mut dv) = (
+        vec![T::zero(); len],
+        vec![T::zero(); len],
+        vec![T::zero(); len],
+    );
     let ptrs = (
         SendPtr(dq.as_mut_ptr()),
         SendPtr(dk.as_mut_ptr()),
@@ -405,7 +416,8 @@ mod tests {
     fn fused_matches_composed_forward_and_backward() {
         for dtype in [DType::F64, DType::F32] {
             let tol = if dtype == DType::F64 { 1e-12 } else { 1e-5 };
-            let mk = |seed| Var::from_tensor(&det(&[3, 7, 12], seed).to_dtype(dtype).unwrap()).unwrap();
+            let mk =
+                |seed| Var::from_tensor(&det(&[3, 7, 12], seed).to_dtype(dtype).unwrap()).unwrap();
             let (q, k, v) = (mk(1), mk(2), mk(3));
             let bias = padding_bias(dtype);
             let w = det(&[3, 7, 12], 4).to_dtype(dtype).unwrap();
@@ -415,9 +427,17 @@ mod tests {
             };
             let y = attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), &bias, 3).unwrap();
             let r = composed(q.as_tensor(), k.as_tensor(), v.as_tensor(), &bias, 3).unwrap();
-            assert!(max_diff(&y, &r) < tol, "{dtype:?} forward {}", max_diff(&y, &r));
+            assert!(
+                max_diff(&y, &r) < tol,
+                "{dtype:?} forward {}",
+                max_diff(&y, &r)
+            );
             for (a, c) in grads(&y).iter().zip(grads(&r).iter()) {
-                assert!(max_diff(a, c) < tol, "{dtype:?} backward {}", max_diff(a, c));
+                assert!(
+                    max_diff(a, c) < tol,
+                    "{dtype:?} backward {}",
+                    max_diff(a, c)
+                );
             }
         }
     }

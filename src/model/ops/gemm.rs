@@ -427,7 +427,17 @@ mod tests {
         let b = det(k * n, 4);
         let want = naive(m, n, k, Mat::n(&a, k), Mat::n(&b, n));
         let mut c = vec![1.0; m * 8];
-        gemm_into(m, n, k, 1.0, Mat::n(&a, k), Mat::n(&b, n), &mut c[2..], 8, true);
+        gemm_into(
+            m,
+            n,
+            k,
+            1.0,
+            Mat::n(&a, k),
+            Mat::n(&b, n),
+            &mut c[2..],
+            8,
+            true,
+        );
         for i in 0..m {
             for j in 0..n {
                 assert!((c[2 + i * 8 + j] - 1.0 - want[i * n + j]).abs() < 1e-12);

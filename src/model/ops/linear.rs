@@ -10,9 +10,7 @@
 use super::cpu::{contiguous_slice, gelu_in_place, Real};
 use super::gemm::{par_matmul, GemmScalar, Mat};
 use super::with_host_slice;
-use candle_core::{
-    bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType,
-};
+use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
 
 /// What the fused CPU op does to each output block after the bias.
 #[derive(Debug, Clone)]
@@ -146,7 +144,10 @@ impl LinearOp {
             Epilogue::Gelu => Ok(forward(x, w, b, dims, true, None)),
             Epilogue::Residual(r) => {
                 if r.dims() != [rows, out_dim] {
-                    bail!("linear: residual {:?}, output ({rows}, {out_dim})", r.dims());
+                    bail!(
+                        "linear: residual {:?}, output ({rows}, {out_dim})",
+                        r.dims()
+                    );
                 }
                 with_host_slice::<T, _>(r, |rs| forward(x, w, b, dims, false, Some(rs)))
             }

@@ -22,12 +22,12 @@ pub mod gemm;
 mod linear;
 pub mod sparse;
 
+pub use attention::attention;
 use candle_core::{
     bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, InplaceOp1, InplaceOp3, Layout,
     Result, Shape, Storage, Tensor, WithDType,
 };
 use cpu::{contiguous_slice, last_dim, Operand};
-pub use attention::attention;
 pub use linear::{linear, linear_gelu, linear_residual};
 pub use sparse::{SiteDelta, SiteKind, SparseBatch, SparsePack};
 
