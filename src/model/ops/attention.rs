@@ -163,7 +163,6 @@ fn forward<T: GemmScalar + Real>(
         let mut p = vec![T::zero(); d.s * n];
         probabilities(d, scale, (q, k), bias, (bi, hd, n), &mut p);
         let at = d.at(bi, hd);
-        let dst = dst;
         // SAFETY: the block (rows of sequence `bi`, columns of head `hd`) lies inside the (b, s, h)
         // allocation and no other task writes it; `p` and `v` cover their extents (checked by the caller's
         // shapes: v is (b, s, h), p is s × n).
@@ -175,7 +174,7 @@ fn forward<T: GemmScalar + Real>(
                 T::one(),
                 (p.as_ptr(), n, false),
                 (v[at..].as_ptr(), d.h, false),
-                (dst.0.add(at), d.h),
+                (dst.get().add(at), d.h),
                 false,
             );
         }
@@ -228,7 +227,6 @@ fn backward<T: GemmScalar + Real>(
         for (dsr, pr) in ds.chunks_exact_mut(n).zip(p.chunks_exact(n)) {
             softmax_backward_row(pr, dsr, scale);
         }
-        let ptrs = ptrs;
         // SAFETY: each task writes only the (sequence bi, head hd) block of dq (s rows) and the first n
         // rows of that block in dk and dv, disjoint from every other task's blocks and inside the (b, s, h)
         // allocations; the operands cover their extents by the shapes checked before the call.
@@ -241,7 +239,7 @@ fn backward<T: GemmScalar + Real>(
                 T::one(),
                 (p.as_ptr(), n, true),
                 (dy[at..].as_ptr(), h, false),
-                (ptrs.2 .0.add(at), h),
+                (ptrs.2.get().add(at), h),
                 false,
             );
             // dq = dS k (s × dh)
@@ -252,7 +250,7 @@ fn backward<T: GemmScalar + Real>(
                 T::one(),
                 (ds.as_ptr(), n, false),
                 (k[at..].as_ptr(), h, false),
-                (ptrs.0 .0.add(at), h),
+                (ptrs.0.get().add(at), h),
                 false,
             );
             // dk = dSᵀ q (n × dh)
@@ -263,7 +261,7 @@ fn backward<T: GemmScalar + Real>(
                 T::one(),
                 (ds.as_ptr(), n, true),
                 (q[at..].as_ptr(), h, false),
-                (ptrs.1 .0.add(at), h),
+                (ptrs.1.get().add(at), h),
                 false,
             );
         }

@@ -200,6 +200,13 @@ pub(super) struct SendPtr<T>(pub(super) *mut T);
 unsafe impl<T> Send for SendPtr<T> {}
 unsafe impl<T> Sync for SendPtr<T> {}
 
+impl<T> SendPtr<T> {
+    /// The pointer (a method, so that closures capture the whole `SendPtr`, not its raw field).
+    pub(super) fn get(self) -> *mut T {
+        self.0
+    }
+}
+
 /// `c[m×n] = alpha · op(a) · op(b)` on the calling thread, into a destination with row stride `ldc`
 /// (`c` may be a column block of a wider matrix). Panics when an operand does not cover its extent.
 #[allow(clippy::too_many_arguments)]
@@ -287,7 +294,6 @@ pub fn par_matmul<T: GemmScalar>(
     }
     let dst = SendPtr(out.as_mut_ptr());
     let block = |r0: usize, r1: usize, c0: usize, c1: usize| {
-        let dst = dst;
         // SAFETY: blocks are disjoint and inside the m × n allocation; operands were checked to cover
         // the full extents, so every sub-block is covered too.
         unsafe {
@@ -298,11 +304,11 @@ pub fn par_matmul<T: GemmScalar>(
                 alpha,
                 (a.offset(r0, 0), a.ld, a.trans),
                 (b.offset(0, c0), b.ld, b.trans),
-                (dst.0.add(r0 * n + c0), n),
+                (dst.get().add(r0 * n + c0), n),
                 false,
             );
             for r in r0..r1 {
-                let seg = std::slice::from_raw_parts_mut(dst.0.add(r * n + c0), c1 - c0);
+                let seg = std::slice::from_raw_parts_mut(dst.get().add(r * n + c0), c1 - c0);
                 epilogue(r, c0, seg);
             }
         }
