@@ -4,9 +4,9 @@
 //! pool, so the model has one thread pool and every block's epilogue (bias, activation, residual) runs on
 //! its block while it is still in cache.
 //!
-//! Why BLIS: on this project's 2-core AVX-512 machine both reach ≈100 GFLOP/s per core on the encoder's
-//! large products, but on the few-row products of short requests (16 × 384 × 384) BLIS's unpacked
-//! small-matrix path runs at 97 GFLOP/s and the `gemm` crate at 57 (see README, "CPU speed").
+//! Why BLIS: both libraries run the encoder's large products at similar speed, but BLIS's small-matrix path is
+//! faster on the few-row products of short requests (16 × 384 × 384); the end-to-end numbers are in the
+//! README's "CPU speed" section (`benches/compare.sh`).
 
 use rayon::prelude::*;
 
