@@ -4,8 +4,10 @@
 mod bench;
 mod bench_serve;
 mod engine_bench;
+mod healthcheck;
 mod predict;
 mod selfcheck;
+mod synthetic;
 mod table;
 
 use crate::data::{self, FewShotSplit, TaskSpec};
@@ -66,6 +68,10 @@ enum Command {
     BenchServe(bench_serve::BenchServeArgs),
     /// Run a resumable grid of fine-tunes and localizations and write a Markdown report.
     Study(StudyArgs),
+    /// Write a random graft for the base model (smoke tests of a deployment, benchmarks).
+    Synthetic(synthetic::SyntheticArgs),
+    /// Exit 0 when the server on this machine answers /health (or /ready): a container health check.
+    Healthcheck(healthcheck::HealthcheckArgs),
 }
 
 /// Options of `skillgraft study` (lists are comma-separated).
@@ -642,33 +648,37 @@ fn variants_table(rows: &[crate::graft::evaluate::VariantReport], bins: usize) -
 }
 
 impl Command {
-    fn model_args(&self) -> &ModelArgs {
+    fn model_args(&self) -> Option<&ModelArgs> {
         match self {
-            Command::Finetune(a) => &a.model,
-            Command::Localize(a) => &a.model,
-            Command::Evaluate(a) => &a.model,
-            Command::Overlap(a) => &a.model,
-            Command::Compose(a) => &a.model,
-            Command::Export(a) => &a.model,
-            Command::Info(a) => &a.model,
-            Command::Predict(a) => &a.model,
-            Command::Embed(a) => &a.model,
-            Command::Selfcheck(a) => &a.model,
-            Command::Bench(a) => &a.model,
-            Command::Serve(a) => &a.model,
-            Command::BenchServe(a) => &a.model,
-            Command::Study(a) => &a.model,
+            Command::Finetune(a) => Some(&a.model),
+            Command::Localize(a) => Some(&a.model),
+            Command::Evaluate(a) => Some(&a.model),
+            Command::Overlap(a) => Some(&a.model),
+            Command::Compose(a) => Some(&a.model),
+            Command::Export(a) => Some(&a.model),
+            Command::Info(a) => Some(&a.model),
+            Command::Predict(a) => Some(&a.model),
+            Command::Embed(a) => Some(&a.model),
+            Command::Selfcheck(a) => Some(&a.model),
+            Command::Bench(a) => Some(&a.model),
+            Command::Serve(a) => Some(&a.model),
+            Command::BenchServe(a) => Some(&a.model),
+            Command::Study(a) => Some(&a.model),
+            Command::Synthetic(a) => Some(&a.model),
+            Command::Healthcheck(_) => None,
         }
     }
 }
 
 /// Runs the CLI: the command runs inside the compute thread pool (see [`crate::compute_pool`]).
 pub fn run(cli: Cli) -> Result<()> {
-    if let Command::Serve(a) = cli.command {
-        return cmd_serve(a);
-    }
-    let pool = crate::compute_pool(cli.command.model_args().threads)?;
-    pool.install(|| dispatch(cli.command))
+    let command = match cli.command {
+        Command::Serve(a) => return cmd_serve(a),
+        Command::Healthcheck(a) => return healthcheck::run(a),
+        c => c,
+    };
+    let pool = crate::compute_pool(command.model_args().and_then(|m| m.threads))?;
+    pool.install(|| dispatch(command))
 }
 
 fn dispatch(command: Command) -> Result<()> {
@@ -687,6 +697,8 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Serve(a) => cmd_serve(a),
         Command::BenchServe(a) => bench_serve::run(a),
         Command::Study(a) => cmd_study(a),
+        Command::Synthetic(a) => synthetic::run(a),
+        Command::Healthcheck(a) => healthcheck::run(a),
     }
 }
 

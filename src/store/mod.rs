@@ -2,7 +2,13 @@
 //! directory, fsync, rename over the target, fsync of the directory — so a crash never leaves a half-written
 //! file under the final name.
 
+pub mod blob;
+pub mod cache;
+pub mod journal;
+pub mod object;
+pub mod replicas;
 pub mod service;
+pub mod shared;
 
 use anyhow::{Context, Result};
 use std::fs::{self, File};
