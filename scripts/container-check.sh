@@ -99,7 +99,7 @@ if [ "$skip_build" = 0 ]; then
   t0=$(date +%s)
   pull=--pull=never
   [ "${SKILLGRAFT_PULL_BASES:-0}" = 1 ] && pull=--pull=missing
-  "${P[@]}" build "$pull" "${LIMITS[@]}" -f docker/Dockerfile -t "$image" . > target/container-build.log 2>&1 \
+  "${P[@]}" build --format docker "$pull" "${LIMITS[@]}" -f docker/Dockerfile -t "$image" . > target/container-build.log 2>&1 \
     || { tail -n 30 target/container-build.log; echo "FAIL: build (target/container-build.log)"; exit 1; }
   tail -n 3 target/container-build.log
   build_s=$(( $(date +%s) - t0 ))
@@ -126,7 +126,8 @@ wait_ready() {
 echo "== run on 0.0.0.0:$port"
 "${P[@]}" volume create "$vol" >/dev/null
 t_start=$(ms)
-"${P[@]}" run -d --name "$name" "${LIMITS[@]}" -e SKILLGRAFT_ADDR="0.0.0.0:$port" \
+# No systemd here to time periodic health checks: the timer is off and the check is run by hand below.
+"${P[@]}" run -d --name "$name" "${LIMITS[@]}" --health-interval disable -e SKILLGRAFT_ADDR="0.0.0.0:$port" \
   -e SKILLGRAFT_ADMIN_KEYS=check-admin -v "$vol:/var/lib/skillgraft" "$image" >/dev/null
 ready_ms=$(wait_ready) || { echo "FAIL: never ready"; exit 1; }
 echo "ready after ${ready_ms} ms (container started $(( $(ms) - t_start )) ms ago)"
@@ -160,7 +161,7 @@ echo "restart to ready: ${restart_ms} ms; same prediction after restart: $same"
 ro="$cache/rootowned-$$"
 mkdir -p "$ro" && chown 0:0 "$ro" && chmod 755 "$ro"
 set +e
-root_out=$("${P[@]}" run --rm --name "$name-root" "${LIMITS[@]}" -e SKILLGRAFT_ADDR="127.0.0.1:$((port + 1))" \
+root_out=$("${P[@]}" run --rm --name "$name-root" "${LIMITS[@]}" --health-interval disable -e SKILLGRAFT_ADDR="127.0.0.1:$((port + 1))" \
   -v "$ro:/var/lib/skillgraft" "$image" 2>&1)
 root_rc=$?
 root_msg=$(echo "$root_out" | tail -n 3)
