@@ -121,7 +121,7 @@ impl Journal {
             match self.blobs.put(&record_key(seq), &bytes, PutMode::Create) {
                 Ok(_) => {
                     self.hint.fetch_max(seq, Ordering::Relaxed);
-                    if seq % COMPACT_EVERY == 0 {
+                    if seq.is_multiple_of(COMPACT_EVERY) {
                         if let Err(e) = self.compact(seq) {
                             tracing::warn!("cannot remove old change records: {e:#}");
                         }
@@ -242,7 +242,7 @@ mod tests {
         let j = Journal::new(blobs.clone(), 0);
         assert_eq!(j.keep(), 2 * COMPACT_EVERY);
         for i in 0..(3 * COMPACT_EVERY) {
-            j.record(&format!("tasks/t{i}.graft"), i % 2 == 0, "r")
+            j.record(&format!("tasks/t{i}.graft"), i.is_multiple_of(2), "r")
                 .unwrap();
         }
         let left = blobs.list(FOLDER, None).unwrap().len() as u64;
@@ -255,7 +255,7 @@ mod tests {
             panic!("no gap expected");
         };
         assert_eq!(c.len(), 1);
-        assert!(c[0].deleted == ((3 * COMPACT_EVERY - 1) % 2 == 0));
+        assert!(c[0].deleted == (3 * COMPACT_EVERY - 1).is_multiple_of(2));
         std::fs::remove_dir_all(&d).unwrap();
     }
 }
