@@ -7,7 +7,7 @@
 use crate::engine::ServedTask;
 use crate::graft::Graft;
 use crate::store::cache::{CacheStats, Cached, LoadCache};
-use crate::store::shared::SharedStore;
+use crate::store::service::ServiceStore;
 use anyhow::Result;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -38,8 +38,16 @@ pub struct TaskRegistry {
 
 /// Bytes a graft holds in memory (its indices, values, head and a fixed allowance for the manifest).
 pub fn graft_bytes(g: &Graft) -> usize {
-    let body: usize = g.entries.iter().map(|e| e.indices.len() * 4 + e.values.len() * 4 + e.name.len() + 64).sum();
-    let head: usize = g.head.iter().map(|(k, h)| h.values.len() * 4 + k.len() + 64).sum();
+    let body: usize = g
+        .entries
+        .iter()
+        .map(|e| e.indices.len() * 4 + e.values.len() * 4 + e.name.len() + 64)
+        .sum();
+    let head: usize = g
+        .head
+        .iter()
+        .map(|(k, h)| h.values.len() * 4 + k.len() + 64)
+        .sum();
     body + head + 4096
 }
 
@@ -52,21 +60,39 @@ impl TaskRegistry {
         }
     }
 
+    /// A version number never used before (the engine caches per name and version).
+    pub fn fresh_version(&self) -> u64 {
+        self.next_version.fetch_add(1, Ordering::Relaxed)
+    }
+
     fn served(&self, name: &str, graft: Graft) -> Arc<ServedTask> {
         Arc::new(ServedTask {
             name: name.to_string(),
             graft,
-            version: self.next_version.fetch_add(1, Ordering::Relaxed),
+            version: self.fresh_version(),
         })
     }
 
+    /// What memory knows about `name` (None: it has to be looked up in the store).
+    pub fn cached(&self, name: &str) -> Option<Found> {
+        match self.cache.lookup(name) {
+            Cached::Hit(e) => Some(match &*e {
+                Entry::Task(t) => Found::Task(t.clone()),
+                Entry::Failed(why) => Found::Failed(why.clone()),
+            }),
+            Cached::Absent => Some(Found::Missing),
+            Cached::Miss(_) => None,
+        }
+    }
+
     /// Task `name`: from memory, or loaded from `store` and checked by `check` (which says why a graft
-    /// cannot be served). Blocking (store I/O).
+    /// cannot be served), and kept in memory when `keep`. Blocking (store I/O).
     pub fn lookup(
         &self,
-        store: &SharedStore,
+        store: &ServiceStore,
         name: &str,
         check: &dyn Fn(&[u8]) -> std::result::Result<Graft, String>,
+        keep: bool,
     ) -> Result<Found> {
         let ticket = match self.cache.lookup(name) {
             Cached::Hit(e) => {
@@ -79,30 +105,45 @@ impl TaskRegistry {
             Cached::Miss(t) => t,
         };
         let Some((bytes, _version)) = store.get_task(name)? else {
-            self.cache.insert_absent(name, ticket);
+            if keep {
+                self.cache.insert_absent(name, ticket);
+            }
             return Ok(Found::Missing);
         };
-        match check(&bytes) {
+        let (entry, size) = match check(&bytes) {
             Ok(graft) => {
                 let size = graft_bytes(&graft);
-                let t = self.served(name, graft);
-                self.cache.insert(name, Arc::new(Entry::Task(t.clone())), size, ticket);
-                Ok(Found::Task(t))
+                (Entry::Task(self.served(name, graft)), size)
             }
             Err(why) => {
                 tracing::error!("stored task `{name}` cannot be served: {why}");
-                self.cache
-                    .insert(name, Arc::new(Entry::Failed(why.clone())), 4096 + why.len(), ticket);
-                Ok(Found::Failed(why))
+                let size = 4096 + why.len();
+                (Entry::Failed(why), size)
             }
+        };
+        let found = match &entry {
+            Entry::Task(t) => Found::Task(t.clone()),
+            Entry::Failed(why) => Found::Failed(why.clone()),
+        };
+        if keep {
+            self.cache.insert(name, Arc::new(entry), size, ticket);
         }
+        Ok(found)
     }
 
     /// After this replica stored `graft` as `name` (ticket taken before the write): serve it from memory.
-    pub fn stored(&self, name: &str, graft: Graft, ticket: crate::store::cache::Ticket) -> Arc<ServedTask> {
+    pub fn stored(
+        &self,
+        name: &str,
+        graft: Graft,
+        ticket: crate::store::cache::Ticket,
+    ) -> Arc<ServedTask> {
         let size = graft_bytes(&graft);
         let t = self.served(name, graft);
-        if !self.cache.insert(name, Arc::new(Entry::Task(t.clone())), size, ticket) {
+        if !self
+            .cache
+            .insert(name, Arc::new(Entry::Task(t.clone())), size, ticket)
+        {
             // A change arrived meanwhile: the next use reloads from the store.
             self.cache.invalidate([name]);
         }
@@ -130,6 +171,13 @@ impl TaskRegistry {
             Some(Entry::Task(t)) => Some(t.clone()),
             _ => None,
         }
+    }
+
+    /// Tasks in memory: (served, stored but not servable).
+    pub fn counts(&self) -> (usize, usize) {
+        let served = self.cache.count(|e| matches!(e, Entry::Task(_)));
+        let failed = self.cache.count(|e| matches!(e, Entry::Failed(_)));
+        (served, failed)
     }
 
     /// Cache counters.

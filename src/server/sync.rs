@@ -9,7 +9,7 @@
 
 use super::AppState;
 use crate::store::journal::Since;
-use crate::store::shared::task_of_key;
+use crate::store::service::task_of_key;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -68,7 +68,9 @@ fn run(state: Weak<AppState>, mut cursor: u64, config: SyncConfig, stop: Arc<Ato
                     .filter_map(|c| task_of_key(&c.key))
                     .collect();
                 if !names.is_empty() {
-                    s.sync.invalidated.fetch_add(names.len() as u64, Ordering::Relaxed);
+                    s.sync
+                        .invalidated
+                        .fetch_add(names.len() as u64, Ordering::Relaxed);
                     s.registry.invalidate(names.iter().copied());
                 }
                 if let Some(last) = changes.last() {
@@ -76,7 +78,9 @@ fn run(state: Weak<AppState>, mut cursor: u64, config: SyncConfig, stop: Arc<Ato
                 }
             }
             Ok(Since::Gap(head)) => {
-                tracing::info!("change journal skipped ahead to {head}: dropping every cached task");
+                tracing::info!(
+                    "change journal skipped ahead to {head}: dropping every cached task"
+                );
                 s.sync.gaps.fetch_add(1, Ordering::Relaxed);
                 s.registry.clear();
                 cursor = head;
@@ -89,7 +93,11 @@ fn run(state: Weak<AppState>, mut cursor: u64, config: SyncConfig, stop: Arc<Ato
         s.sync.seq.store(cursor, Ordering::Relaxed);
         if Instant::now() >= next_beat {
             next_beat = Instant::now() + config.heartbeat;
-            let beat = s.store.replicas().beat().and_then(|_| s.store.replicas().observe());
+            let beat = s
+                .store
+                .replicas()
+                .beat()
+                .and_then(|_| s.store.replicas().observe());
             if let Err(e) = beat {
                 s.sync.errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!("cannot write or read heartbeats: {e:#}");

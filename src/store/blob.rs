@@ -1,7 +1,7 @@
 //! Values by key: the storage interface every kind of persisted state goes through — tasks, job records,
 //! checkpoints, change records, replica heartbeats, and whatever is added later (data sets) — with two
-//! backends: a local directory ([`DirBlobs`]) and S3-compatible object storage
-//! ([`ObjectBlobs`](super::object::ObjectBlobs)).
+//! backends: a local directory ([`DirStore`]) and S3-compatible object storage
+//! ([`S3Store`](super::object::S3Store)).
 //!
 //! A key is a relative path `kind/name[/…]` ([`valid_key`]). A value is written whole and read whole; no
 //! reader ever sees half of one. Every value carries a [`Version`] that changes with each write (the ETag on
@@ -31,7 +31,7 @@ pub struct Meta {
     pub modified_ms: u64,
 }
 
-/// How [`Blobs::put`] treats a value already under the key.
+/// How [`Store::put`] treats a value already under the key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PutMode {
     /// Replace it (or create).
@@ -57,7 +57,7 @@ pub fn is_conflict(e: &anyhow::Error) -> bool {
 }
 
 /// A key-value store of whole values, shared by every replica that opens it.
-pub trait Blobs: Send + Sync + 'static {
+pub trait Store: Send + Sync + 'static {
     /// The value and its version; None when absent.
     fn get(&self, key: &str) -> Result<Option<(Vec<u8>, Version)>>;
     /// The value's metadata; None when absent.
@@ -117,11 +117,11 @@ pub const STALE_TEMPORARY: Duration = Duration::from_secs(3600);
 /// advisory lock on `<root>/.lock`, so several servers may share one directory (on one machine, or on a
 /// shared filesystem with working `flock`).
 #[derive(Debug)]
-pub struct DirBlobs {
+pub struct DirStore {
     root: PathBuf,
 }
 
-impl DirBlobs {
+impl DirStore {
     /// Opens (creating) a directory store. Temporaries older than [`STALE_TEMPORARY`] are removed.
     pub fn open(root: &Path) -> Result<Self> {
         fs::create_dir_all(root).with_context(|| format!("cannot create {}", root.display()))?;
@@ -170,7 +170,7 @@ impl DirBlobs {
                     }
                     continue;
                 }
-                if !name.ends_with(".tmp") {
+                if !name.ends_with(super::TEMP_SUFFIX) {
                     continue;
                 }
                 let old = e
@@ -218,7 +218,7 @@ impl DirBlobs {
             .to_string_lossy();
         let mut tmp = tempfile::Builder::new()
             .prefix(&format!(".{name}."))
-            .suffix(".tmp")
+            .suffix(super::TEMP_SUFFIX)
             .tempfile_in(dir)
             .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
         fill(tmp.as_file_mut())?;
@@ -288,7 +288,7 @@ fn version_of(m: &fs::Metadata) -> Version {
     ))
 }
 
-impl Blobs for DirBlobs {
+impl Store for DirStore {
     fn get(&self, key: &str) -> Result<Option<(Vec<u8>, Version)>> {
         let p = self.path(key)?;
         let mut f = match File::open(&p) {
@@ -427,7 +427,7 @@ impl Blobs for DirBlobs {
         // Staged beside the destination (same filesystem), then swapped in under the lock.
         let staging = tempfile::Builder::new()
             .prefix(&format!(".{name}."))
-            .suffix(".tmp")
+            .suffix(super::TEMP_SUFFIX)
             .tempdir_in(parent)?;
         let staged = staging.path().join("tree");
         if fs::rename(dir, &staged).is_err() {
@@ -469,7 +469,7 @@ impl Blobs for DirBlobs {
             }
             let trash = tempfile::Builder::new()
                 .prefix(&format!(".{name}.deleted."))
-                .suffix(".tmp")
+                .suffix(super::TEMP_SUFFIX)
                 .tempdir_in(&parent)?
                 .keep();
             fs::rename(&p, trash.join("tree"))?;
@@ -533,7 +533,7 @@ mod tests {
     #[test]
     fn conditional_writes_and_listing() {
         let d = tmp("cond");
-        let s = DirBlobs::open(&d).unwrap();
+        let s = DirStore::open(&d).unwrap();
         let v1 = s.put("changes/0001.json", b"a", PutMode::Create).unwrap();
         let e = s
             .put("changes/0001.json", b"b", PutMode::Create)
@@ -573,7 +573,7 @@ mod tests {
     #[test]
     fn concurrent_creators_of_one_key_exactly_one_wins() {
         let d = tmp("race");
-        let s = DirBlobs::open(&d).unwrap();
+        let s = DirStore::open(&d).unwrap();
         for round in 0..10 {
             let key = format!("changes/{round:04}.json");
             let wins: usize = std::thread::scope(|sc| {
@@ -605,7 +605,7 @@ mod tests {
     #[test]
     fn trees_replace_whole_and_stale_temporaries_go() {
         let d = tmp("tree");
-        let s = DirBlobs::open(&d).unwrap();
+        let s = DirStore::open(&d).unwrap();
         let src = tmp("tree-src");
         fs::create_dir_all(src.join("sub")).unwrap();
         fs::write(src.join("sub/a"), b"1").unwrap();

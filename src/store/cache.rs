@@ -197,6 +197,11 @@ impl<V> LoadCache<V> {
         g.stats.absent = 0;
     }
 
+    /// How many values held satisfy `f`.
+    pub fn count(&self, f: impl Fn(&V) -> bool) -> usize {
+        self.lock().entries.values().filter(|s| f(&s.value)).count()
+    }
+
     /// Keys of the values held.
     pub fn keys(&self) -> Vec<String> {
         self.lock().entries.keys().cloned().collect()

@@ -9,7 +9,7 @@
 //! Old records are removed (the newest [`Journal::keep`] stay); a reader that finds a hole where its next
 //! records were is told so ([`Since::Gap`]) and must drop everything it cached.
 
-use super::blob::{is_conflict, Blobs, PutMode};
+use super::blob::{is_conflict, PutMode, Store};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,7 +51,7 @@ pub enum Since {
 
 /// The journal of one store.
 pub struct Journal {
-    blobs: Arc<dyn Blobs>,
+    blobs: Arc<dyn Store>,
     keep: u64,
     hint: AtomicU64,
 }
@@ -77,7 +77,7 @@ pub fn unix_ms() -> u64 {
 
 impl Journal {
     /// The journal of `blobs`, keeping the newest `keep` records (at least 2 × the compaction step).
-    pub fn new(blobs: Arc<dyn Blobs>, keep: u64) -> Self {
+    pub fn new(blobs: Arc<dyn Store>, keep: u64) -> Self {
         Self {
             blobs,
             keep: keep.max(2 * COMPACT_EVERY),
@@ -188,13 +188,13 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::blob::DirBlobs;
+    use crate::store::blob::DirStore;
 
     #[test]
     fn records_are_dense_under_racing_writers_and_readers_see_each_once() {
         let d = std::env::temp_dir().join(format!("sg-journal-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
-        let blobs: Arc<dyn Blobs> = Arc::new(DirBlobs::open(&d).unwrap());
+        let blobs: Arc<dyn Store> = Arc::new(DirStore::open(&d).unwrap());
         let reader = Journal::new(blobs.clone(), 1000);
         assert_eq!(reader.since(0).unwrap(), Since::Changes(vec![]));
         let seqs: Vec<u64> = std::thread::scope(|s| {
@@ -238,7 +238,7 @@ mod tests {
     fn compaction_leaves_a_gap_that_readers_detect() {
         let d = std::env::temp_dir().join(format!("sg-journal-gap-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
-        let blobs: Arc<dyn Blobs> = Arc::new(DirBlobs::open(&d).unwrap());
+        let blobs: Arc<dyn Store> = Arc::new(DirStore::open(&d).unwrap());
         let j = Journal::new(blobs.clone(), 0);
         assert_eq!(j.keep(), 2 * COMPACT_EVERY);
         for i in 0..(3 * COMPACT_EVERY) {

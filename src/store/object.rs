@@ -1,4 +1,4 @@
-//! The object-storage backend of [`Blobs`]: S3 and S3-compatible servers (MinIO, Ceph RGW, Cloudflare R2,
+//! The object-storage backend of [`Store`]: S3 and S3-compatible servers (MinIO, Ceph RGW, Cloudflare R2,
 //! moto …) through the `object_store` crate, named by `s3://bucket/prefix`.
 //!
 //! Configuration is the usual AWS environment: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
@@ -12,7 +12,7 @@
 //! (handlers inside the server's runtime, job threads) can wait for it without blocking that runtime's
 //! progress on the store.
 
-use super::blob::{Blobs, Conflict, Meta, PutMode, Version};
+use super::blob::{Conflict, Meta, PutMode, Store, Version};
 use anyhow::{bail, Context, Result};
 use futures::StreamExt;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
@@ -25,16 +25,16 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
 /// S3-compatible object storage under one bucket and prefix.
-pub struct ObjectBlobs {
+pub struct S3Store {
     store: Arc<dyn ObjectStore>,
     prefix: String,
     url: String,
     runtime: tokio::runtime::Runtime,
 }
 
-impl std::fmt::Debug for ObjectBlobs {
+impl std::fmt::Debug for S3Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ObjectBlobs({})", self.url)
+        write!(f, "S3Store({})", self.url)
     }
 }
 
@@ -58,7 +58,7 @@ pub fn parse_s3_url(url: &str) -> Result<(String, String)> {
     Ok((bucket.to_string(), prefix))
 }
 
-impl ObjectBlobs {
+impl S3Store {
     /// Connects to `s3://bucket/prefix` with the AWS environment variables (see the module comment).
     pub fn open(url: &str) -> Result<Self> {
         let env: Vec<(String, String)> = std::env::vars()
@@ -177,7 +177,7 @@ fn not_found(e: &object_store::Error) -> bool {
     matches!(e, object_store::Error::NotFound { .. })
 }
 
-impl Blobs for ObjectBlobs {
+impl Store for S3Store {
     fn get(&self, key: &str) -> Result<Option<(Vec<u8>, Version)>> {
         let (store, path) = (self.store.clone(), self.object(key)?);
         let got = self.block(async move {
@@ -259,7 +259,7 @@ impl Blobs for ObjectBlobs {
         std::fs::create_dir_all(dir)?;
         let tmp = tempfile::Builder::new()
             .prefix(".download.")
-            .suffix(".tmp")
+            .suffix(super::TEMP_SUFFIX)
             .tempfile_in(dir)?;
         let (file, tmp_path) = tmp.into_parts();
         let found = self.block(async move {
@@ -328,7 +328,7 @@ impl Blobs for ObjectBlobs {
         let parent = dir.parent().context("tree has a parent folder")?;
         let tar = tempfile::Builder::new()
             .prefix(".tree.")
-            .suffix(".tmp")
+            .suffix(super::TEMP_SUFFIX)
             .tempfile_in(parent)?;
         {
             let mut b = tar::Builder::new(tar.as_file());

@@ -5,7 +5,7 @@
 //! by a replica killed long ago is dead at first sight. What a dead replica was doing (a localization job)
 //! can then be reported failed by any other.
 
-use super::blob::{Blobs, PutMode, Version};
+use super::blob::{PutMode, Store, Version};
 use super::journal::unix_ms;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
@@ -62,7 +62,7 @@ struct Seen {
 
 /// This replica's view of the others.
 pub struct Replicas {
-    blobs: Arc<dyn Blobs>,
+    blobs: Arc<dyn Store>,
     id: String,
     started_unix_ms: u64,
     dead_after: Duration,
@@ -71,7 +71,7 @@ pub struct Replicas {
 
 impl Replicas {
     /// This replica (`id`) in store `blobs`; others are dead after `dead_after` without a beat.
-    pub fn new(blobs: Arc<dyn Blobs>, id: String, dead_after: Duration) -> Self {
+    pub fn new(blobs: Arc<dyn Store>, id: String, dead_after: Duration) -> Self {
         Self {
             blobs,
             id,
@@ -202,13 +202,13 @@ impl Replicas {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::blob::DirBlobs;
+    use crate::store::blob::DirStore;
 
     #[test]
     fn a_replica_that_stops_beating_is_dead_after_the_bound() {
         let d = std::env::temp_dir().join(format!("sg-replicas-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
-        let blobs: Arc<dyn Blobs> = Arc::new(DirBlobs::open(&d).unwrap());
+        let blobs: Arc<dyn Store> = Arc::new(DirStore::open(&d).unwrap());
         let dead_after = Duration::from_millis(600);
         let a = Replicas::new(blobs.clone(), "a-1".into(), dead_after);
         let b = Replicas::new(blobs.clone(), "b-1".into(), dead_after);
