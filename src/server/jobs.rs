@@ -290,6 +290,9 @@ impl JobManager {
 
     /// A job's state, wherever it runs; None when unknown.
     pub fn status(&self, state: &AppState, id: &str) -> Result<Option<JobStatus>> {
+        if !crate::store::service::valid_name(id) {
+            return Ok(None);
+        }
         if let Some(e) = self.local(id) {
             return Ok(Some(
                 e.status.lock().unwrap_or_else(|p| p.into_inner()).clone(),

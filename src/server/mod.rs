@@ -135,6 +135,9 @@ impl AppState {
     /// What is stored under task `name`: from memory, or read from the store (blocking I/O on a miss) and
     /// kept in memory when `keep`.
     pub fn find(&self, name: &str, keep: bool) -> Result<Found, ApiError> {
+        if !crate::store::service::valid_name(name) {
+            return Ok(Found::Missing);
+        }
         if let Some(f) = self.registry.cached(name) {
             return Ok(f);
         }
@@ -200,7 +203,9 @@ impl AppState {
 
     /// Deletes a task (served or not servable) from the store and memory; false when not stored.
     pub fn remove_task(&self, name: &str) -> Result<bool, ApiError> {
-        check_name(name)?;
+        if !crate::store::service::valid_name(name) {
+            return Ok(false);
+        }
         let lock = self.name_lock(name);
         let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
         let deleted = self.store.delete_task(name).map_err(ApiError::internal)?;

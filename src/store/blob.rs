@@ -124,16 +124,17 @@ pub struct DirStore {
 impl DirStore {
     /// Opens (creating) a directory store. Temporaries older than [`STALE_TEMPORARY`] are removed.
     pub fn open(root: &Path) -> Result<Self> {
-        fs::create_dir_all(root).with_context(|| format!("cannot create {}", root.display()))?;
-        let probe = root.join(".write-probe");
-        fs::write(&probe, b"ok").with_context(|| {
+        let not_writable = || {
             format!(
                 "the state directory {} is not writable by this user (uid {}); make it writable (e.g. chown) or \
                  point --state-dir / SKILLGRAFT_STATE_DIR elsewhere",
                 root.display(),
                 current_uid()
             )
-        })?;
+        };
+        fs::create_dir_all(root).with_context(not_writable)?;
+        let probe = root.join(".write-probe");
+        fs::write(&probe, b"ok").with_context(not_writable)?;
         let _ = fs::remove_file(&probe);
         let s = Self {
             root: root.to_path_buf(),

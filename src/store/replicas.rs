@@ -2,8 +2,11 @@
 //! and removes it when it stops cleanly; the others list the folder (one request for all replicas) and judge a
 //! replica dead when its heartbeat is gone, or has not changed for [`Replicas::dead_after`] — measured on the
 //! observer's own monotonic clock, and also by the store's last-modified time, so a heartbeat left behind
-//! by a replica killed long ago is dead at first sight. What a dead replica was doing (a localization job)
-//! can then be reported failed by any other.
+//! by a replica killed long ago is dead at first sight. A replica that ran on this machine (same host name, boot
+//! and process-id namespace) in a process that no longer exists — its process id free, or taken by a process
+//! started at another time — is dead at once, so a replica restarted in place settles its predecessor's jobs
+//! at start-up. What a dead replica was doing (a localization job) can then be reported failed
+//! by any other.
 
 use super::blob::{PutMode, Store, Version};
 use super::journal::unix_ms;
@@ -30,17 +33,58 @@ pub struct Heartbeat {
     pub unix_ms: u64,
     /// Its version of skillgraft.
     pub version: String,
+    /// Its host name.
+    #[serde(default)]
+    pub host: String,
+    /// Its machine's boot id (processes of one boot share it, containers included).
+    #[serde(default)]
+    pub boot_id: String,
+    /// Its process-id namespace (`/proc/self/ns/pid`), so processes of other containers are never judged.
+    #[serde(default)]
+    pub pid_ns: String,
+    /// Its process id.
+    #[serde(default)]
+    pub pid: u32,
+    /// When that process started (clock ticks after boot), so a reused process id is told apart.
+    #[serde(default)]
+    pub process_start: u64,
+}
+
+/// When process `pid` of this machine started (clock ticks after boot); None when there is no such process.
+fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22 (starttime); fields after the command name, which may hold spaces, start at field 3.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
+/// This machine's host name, boot id and process-id namespace.
+fn machine() -> (String, String, String) {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let pid_ns = std::fs::read_link("/proc/self/ns/pid")
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    (host, boot, pid_ns)
 }
 
 /// A fresh replica id: the host name (a pod's name on Kubernetes) and a random suffix, so a restart is a new
 /// replica.
 pub fn new_replica_id() -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .unwrap_or_default();
-    let host: String = host
-        .trim()
+    let host: String = machine()
+        .0
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
         .take(40)
@@ -97,11 +141,17 @@ impl Replicas {
 
     /// Writes this replica's heartbeat.
     pub fn beat(&self) -> Result<()> {
+        let (host, boot_id, pid_ns) = machine();
         let hb = Heartbeat {
             id: self.id.clone(),
             started_unix_ms: self.started_unix_ms,
             unix_ms: unix_ms(),
             version: env!("CARGO_PKG_VERSION").to_string(),
+            host,
+            boot_id,
+            pid_ns,
+            pid: std::process::id(),
+            process_start: process_start(std::process::id()).unwrap_or(0),
         };
         self.blobs.put(
             &Self::key(&self.id),
@@ -175,7 +225,34 @@ impl Replicas {
         let silent_here = s.changed.elapsed() >= self.dead_after;
         let silent_at_store =
             unix_ms().saturating_sub(s.modified_ms) >= self.dead_after.as_millis() as u64;
-        Ok(!(silent_here || silent_at_store))
+        if silent_here || silent_at_store {
+            return Ok(false);
+        }
+        drop(guard);
+        Ok(!self.gone_from_this_machine(id)?)
+    }
+
+    /// Whether replica `id` ran on this machine (same host name, boot and process-id namespace) in a process
+    /// that no longer exists: no process has its id, or the one that has it started at another time (a reused
+    /// id).
+    fn gone_from_this_machine(&self, id: &str) -> Result<bool> {
+        let Some((bytes, _)) = self.blobs.get(&Self::key(id))? else {
+            return Ok(true);
+        };
+        let Ok(hb) = serde_json::from_slice::<Heartbeat>(&bytes) else {
+            return Ok(false);
+        };
+        let (host, boot, pid_ns) = machine();
+        if hb.boot_id.is_empty()
+            || hb.pid_ns.is_empty()
+            || hb.host != host
+            || hb.boot_id != boot
+            || hb.pid_ns != pid_ns
+            || hb.process_start == 0
+        {
+            return Ok(false);
+        }
+        Ok(process_start(hb.pid) != Some(hb.process_start))
     }
 
     /// Ids of the replicas alive as of the last observation (this one included).
@@ -238,6 +315,43 @@ mod tests {
         }
         assert!(stopped.elapsed() >= dead_after / 2);
         assert_eq!(b.alive(), vec!["b-1".to_string()]);
+        // A fresh heartbeat of a process of this machine that no longer exists: dead at once.
+        let (host, boot_id, pid_ns) = machine();
+        let ghost = Heartbeat {
+            id: "ghost-1".into(),
+            started_unix_ms: unix_ms(),
+            unix_ms: unix_ms(),
+            version: String::new(),
+            host,
+            boot_id,
+            pid_ns: pid_ns.clone(),
+            pid: u32::MAX - 1,
+            process_start: 1,
+        };
+        // The same process id in another process-id namespace (another container) is not judged here; a
+        // live process of this machine (this one) is alive.
+        let elsewhere = Heartbeat {
+            id: "elsewhere-1".into(),
+            pid_ns: "pid:[1]".into(),
+            ..ghost.clone()
+        };
+        let me = std::process::id();
+        let live = Heartbeat {
+            id: "live-1".into(),
+            pid: me,
+            process_start: process_start(me).unwrap(),
+            ..ghost.clone()
+        };
+        for hb in [&ghost, &elsewhere, &live] {
+            let bytes = serde_json::to_vec(hb).unwrap();
+            blobs
+                .put(&Replicas::key(&hb.id), &bytes, PutMode::Overwrite)
+                .unwrap();
+        }
+        b.observe().unwrap();
+        assert!(!b.is_alive("ghost-1").unwrap(), "its process is gone");
+        assert!(b.is_alive("elsewhere-1").unwrap(), "another namespace");
+        assert!(b.is_alive("live-1").unwrap(), "a live process");
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

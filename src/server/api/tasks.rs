@@ -112,6 +112,7 @@ pub async fn list_tasks(State(s): St) -> ApiResult<Json<Vec<TaskSummary>>> {
                 v.push(t);
             }
         }
+        v.sort_by(|a: &TaskSummary, b| a.name.cmp(&b.name));
         Ok(v)
     })
     .await?;
