@@ -175,7 +175,12 @@ fn work(name: &str) -> PathBuf {
     d
 }
 
-fn replica(model: &Path, s3: &S3Server, dir: &Path) -> Server {
+/// A replica on host `host` (replicas judge processes of their own host by their process ids, so the two
+/// replicas here are given different host names: B then learns of A's death by its silent heartbeat, as
+/// replicas on different machines do).
+fn replica(model: &Path, s3: &S3Server, dir: &Path, host: &str) -> Server {
+    let mut env = s3.env();
+    env.push(("HOSTNAME".into(), host.into()));
     let sync = SYNC_MS.to_string();
     let dead = DEAD_SECS.to_string();
     let store = s3.url("fleet");
@@ -194,7 +199,7 @@ fn replica(model: &Path, s3: &S3Server, dir: &Path) -> Server {
             "--job-threads",
             "1",
         ],
-        &s3.env(),
+        &env,
     )
 }
 
@@ -261,8 +266,8 @@ fn two_replicas_on_one_bucket_agree_on_creates_replaces_and_deletes_within_the_b
     };
     let s3 = S3Server::start("sg-two-replicas");
     let dir = work("agree");
-    let a = replica(&model, &s3, &dir.join("a"));
-    let b = replica(&model, &s3, &dir.join("b"));
+    let a = replica(&model, &s3, &dir.join("a"), "host-a");
+    let b = replica(&model, &s3, &dir.join("b"), "host-b");
     let g1 = synthetic(&model, &dir.join("g1.graft"), 1);
     let g2 = synthetic(&model, &dir.join("g2.graft"), 2);
 
@@ -326,8 +331,8 @@ fn a_replica_killed_during_a_job_and_writes_leaves_nothing_half_written_and_its_
     };
     let s3 = S3Server::start("sg-kill");
     let dir = work("kill");
-    let a = replica(&model, &s3, &dir.join("a"));
-    let b = replica(&model, &s3, &dir.join("b"));
+    let a = replica(&model, &s3, &dir.join("a"), "host-a");
+    let b = replica(&model, &s3, &dir.join("b"), "host-b");
 
     // A checkpoint uploaded through A, a long localization job on A, watched through B.
     let ft = dir.join("ft");
@@ -447,7 +452,7 @@ fn a_replica_killed_during_a_job_and_writes_leaves_nothing_half_written_and_its_
     assert_eq!(b.get(&format!("/v1/checkpoints/{ckpt}")).status, 200);
 
     // A restarted replica agrees.
-    let a2 = replica(&model, &s3, &dir.join("a2"));
+    let a2 = replica(&model, &s3, &dir.join("a2"), "host-a");
     assert_eq!(a2.get(&path).json()["state"], "failed");
     b.stop();
     a2.stop();
