@@ -120,11 +120,16 @@ pub async fn get_checkpoint(
     State(s): St,
     Path(id): Path<String>,
 ) -> ApiResult<Json<CheckpointInfo>> {
-    let dir = s.store.checkpoint_dir(&id);
-    if !crate::store::service::valid_name(&id) || !dir.is_dir() {
+    if !crate::store::service::valid_name(&id) {
         return Err(ApiError::not_found(format!("no checkpoint `{id}`")));
     }
+    let store = s.store.clone();
     blocking(move || {
+        // From object storage, the checkpoint is fetched into this replica's cache first.
+        let dir = store
+            .checkpoint_dir(&id)
+            .map_err(ApiError::internal)?
+            .ok_or_else(|| ApiError::not_found(format!("no checkpoint `{id}`")))?;
         let mut files = Vec::new();
         let mut bytes = 0;
         for e in std::fs::read_dir(&dir)
