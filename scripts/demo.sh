@@ -12,6 +12,7 @@ out="$home/demo"
 steps="${DEMO_STEPS:-150}"
 addr="${SKILLGRAFT_ADDR:-127.0.0.1:8080}"
 scripts/fetch-model.sh
+scripts/ensure-blis.sh
 cargo build --release --quiet
 sg="$CARGO_TARGET_DIR/release/skillgraft"
 mkdir -p "$out"

@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/skillgraft-target}"
 scripts/fetch-model.sh
+scripts/ensure-blis.sh
 SKILLGRAFT_UI_NODE_MODULES="$(scripts/ui-deps.sh)"
 export SKILLGRAFT_UI_NODE_MODULES
 log="$(mktemp)"

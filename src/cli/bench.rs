@@ -82,6 +82,21 @@ fn synced<T>(device: &candle_core::Device, f: impl FnOnce() -> Result<T>) -> Res
     Ok(out)
 }
 
+/// The base weights plus a fixed random linear head (`classifier.*`, 2 classes) for timing.
+pub(super) fn with_linear_head(base: &crate::model::BaseModel) -> Result<BTreeMap<String, Tensor>> {
+    let dev = &base.device;
+    let mut tensors = base.model.weights.tensors.clone();
+    let h = base.model.config.hidden_size;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let w: Vec<f32> = (0..2 * h).map(|_| rng.random_range(-0.05..0.05)).collect();
+    tensors.insert(
+        "classifier.weight".into(),
+        Tensor::from_vec(w, (2, h), dev)?,
+    );
+    tensors.insert("classifier.bias".into(), Tensor::zeros(2, DType::F32, dev)?);
+    Ok(tensors)
+}
+
 /// Runs the benchmark.
 pub fn run(a: BenchArgs) -> Result<()> {
     let threads = rayon::current_num_threads();
@@ -93,15 +108,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         num_labels: 2,
         pooling: Pooling::Cls,
     };
-    let mut tensors = base.model.weights.tensors.clone();
-    let h = cfg.hidden_size;
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let w: Vec<f32> = (0..2 * h).map(|_| rng.random_range(-0.05..0.05)).collect();
-    tensors.insert(
-        "classifier.weight".into(),
-        Tensor::from_vec(w, (2, h), dev)?,
-    );
-    tensors.insert("classifier.bias".into(), Tensor::zeros(2, DType::F32, dev)?);
+    let tensors = with_linear_head(&base)?;
 
     // Forward (inference: no variables, no graph), in the chosen dtype.
     let dtype = base.dtype;

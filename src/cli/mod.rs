@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_serve;
+mod bench_worker;
 mod engine_bench;
 mod healthcheck;
 mod predict;
@@ -62,6 +63,9 @@ enum Command {
     Selfcheck(selfcheck::SelfcheckArgs),
     /// Time forward, forward+backward, optimizer steps and a localization job.
     Bench(bench::BenchArgs),
+    /// Timing requests over stdin/stdout for benches/compare.py (interleaved with PyTorch and ONNX Runtime).
+    #[command(hide = true)]
+    BenchWorker(bench_worker::BenchWorkerArgs),
     /// Run the HTTP service on the base model.
     Serve(ServeArgs),
     /// Drive a server (started as a second process) with 1 vs many tasks: throughput, latency, memory.
@@ -676,6 +680,7 @@ impl Command {
             Command::Embed(a) => Some(&a.model),
             Command::Selfcheck(a) => Some(&a.model),
             Command::Bench(a) => Some(&a.model),
+            Command::BenchWorker(a) => Some(&a.model),
             Command::Serve(a) => Some(&a.model),
             Command::BenchServe(a) => Some(&a.model),
             Command::Study(a) => Some(&a.model),
@@ -709,6 +714,7 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Embed(a) => predict::run_embed(a),
         Command::Selfcheck(a) => selfcheck::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::BenchWorker(a) => bench_worker::run(a),
         Command::Serve(a) => cmd_serve(a),
         Command::BenchServe(a) => bench_serve::run(a),
         Command::Study(a) => cmd_study(a),

@@ -51,6 +51,13 @@ struct MixedRows<'a> {
 }
 
 impl RowAdjust for MixedRows<'_> {
+    fn adjusts(&self, name: &str) -> bool {
+        self.sites
+            .index
+            .get(name)
+            .is_some_and(|&s| self.batch.touches(s))
+    }
+
     fn after_dense(&self, name: &str, x: &Tensor, y: &Tensor) -> candle_core::Result<()> {
         match self.sites.index.get(name) {
             Some(&s) => self.batch.dense(s, x, y),

@@ -6,7 +6,7 @@
 //! and in the number of token types, both handled in [`EncodedBatch`](super::tokenize::EncodedBatch).
 
 use super::config::ModelConfig;
-use super::ops::{gelu, layer_norm, softmax_last_dim};
+use super::ops::{attention, layer_norm, linear, linear_gelu, linear_residual};
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -29,8 +29,16 @@ pub struct EncoderInput {
 
 /// Per-row corrections applied after dense and LayerNorm layers, for batches whose rows belong to different
 /// tasks (each a sparse delta on the shared weights). `x` is the layer input and `y` its fresh output, both
-/// flattened to (tokens, features); implementations update `y` in place.
+/// flattened to (tokens, features); implementations update `y` in place. Layers for which [`adjusts`]
+/// is false are not shown to the hooks, so they may run fused with what follows them (bias + GELU, bias +
+/// residual).
+///
+/// [`adjusts`]: RowAdjust::adjusts
 pub trait RowAdjust {
+    /// Whether the layer named `name` gets corrections (default: every layer).
+    fn adjusts(&self, _name: &str) -> bool {
+        true
+    }
     /// After the dense layer named `name` (e.g. `encoder.layer.0.attention.self.query`).
     fn after_dense(&self, name: &str, x: &Tensor, y: &Tensor) -> Result<()>;
     /// After the LayerNorm named `name`, with its epsilon.
@@ -58,10 +66,15 @@ impl Dense {
         })
     }
 
+    /// The adjustments that apply to this layer, if any.
+    fn hook<'a>(&self, adjust: Option<&'a dyn RowAdjust>) -> Option<&'a dyn RowAdjust> {
+        adjust.filter(|a| a.adjusts(&self.name))
+    }
+
     /// Applies the layer, then the row adjustments (if any).
     pub fn forward_with(&self, x: &Tensor, adjust: Option<&dyn RowAdjust>) -> Result<Tensor> {
         let y = self.forward(x)?;
-        if let Some(a) = adjust {
+        if let Some(a) = self.hook(adjust) {
             let in_dim = x.dims()[x.rank() - 1];
             let out_dim = self.weight.dim(0)?;
             a.after_dense(
@@ -73,20 +86,30 @@ impl Dense {
         Ok(y)
     }
 
+    /// `gelu(layer(x))`, the adjustments (if any) applied before the activation; fused when there are none.
+    pub fn forward_gelu_with(&self, x: &Tensor, adjust: Option<&dyn RowAdjust>) -> Result<Tensor> {
+        match self.hook(adjust) {
+            Some(_) => super::ops::gelu(&self.forward_with(x, adjust)?),
+            None => linear_gelu(x, &self.weight, &self.bias),
+        }
+    }
+
+    /// `layer(x) + residual`, the adjustments (if any) applied before the sum; fused when there are none.
+    pub fn forward_residual_with(
+        &self,
+        x: &Tensor,
+        residual: &Tensor,
+        adjust: Option<&dyn RowAdjust>,
+    ) -> Result<Tensor> {
+        match self.hook(adjust) {
+            Some(_) => self.forward_with(x, adjust)? + residual,
+            None => linear_residual(x, &self.weight, &self.bias, residual),
+        }
+    }
+
     /// Applies the layer to the last dimension of `x` (any rank ≥ 2).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let in_dim = dims[dims.len() - 1];
-        let rows = x.elem_count() / in_dim;
-        let out_dim = self.weight.dim(0)?;
-        let y = x
-            .reshape((rows, in_dim))?
-            .matmul(&self.weight.t()?)?
-            .broadcast_add(&self.bias)?;
-        let mut out_dims = dims;
-        let last = out_dims.len() - 1;
-        out_dims[last] = out_dim;
-        y.reshape(out_dims)
+        linear(x, &self.weight, &self.bias)
     }
 }
 
@@ -117,7 +140,7 @@ impl Norm {
     /// Normalizes, then applies the row adjustments (if any).
     pub fn forward_with(&self, x: &Tensor, adjust: Option<&dyn RowAdjust>) -> Result<Tensor> {
         let y = self.forward(x)?;
-        if let Some(a) = adjust {
+        if let Some(a) = adjust.filter(|a| a.adjusts(&self.name)) {
             let d = x.dims()[x.rank() - 1];
             a.after_norm(
                 &self.name,
@@ -212,30 +235,16 @@ impl Layer {
         attention_bias: &Tensor,
         adj: Option<&dyn RowAdjust>,
     ) -> Result<Tensor> {
-        let (b, s, h) = x.dims3()?;
-        let dh = h / self.heads;
-        let split = |t: Tensor| -> Result<Tensor> {
-            t.reshape((b, s, self.heads, dh))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
-        let scale = 1.0 / (dh as f64).sqrt();
-        let q = split((self.query.forward_with(x, adj)? * scale)?)?;
-        let k = split(self.key.forward_with(x, adj)?)?;
-        let v = split(self.value.forward_with(x, adj)?)?;
-        let scores = q.matmul(&k.t()?)?.broadcast_add(attention_bias)?;
-        let probs = softmax_last_dim(&scores)?;
-        let ctx = probs
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((b, s, h))?;
+        let q = self.query.forward_with(x, adj)?;
+        let k = self.key.forward_with(x, adj)?;
+        let v = self.value.forward_with(x, adj)?;
+        let ctx = attention(&q, &k, &v, attention_bias, self.heads)?;
         let a = self
             .attn_norm
-            .forward_with(&(self.attn_out.forward_with(&ctx, adj)? + x)?, adj)?;
-        let f = gelu(&self.ffn_in.forward_with(&a, adj)?)?;
+            .forward_with(&self.attn_out.forward_residual_with(&ctx, x, adj)?, adj)?;
+        let f = self.ffn_in.forward_gelu_with(&a, adj)?;
         self.out_norm
-            .forward_with(&(self.ffn_out.forward_with(&f, adj)? + a)?, adj)
+            .forward_with(&self.ffn_out.forward_residual_with(&f, &a, adj)?, adj)
     }
 }
 

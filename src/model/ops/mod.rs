@@ -4,23 +4,31 @@
 //!   has no backward pass and silently cuts the autograd graph), [`softmax_last_dim`] and exact [`gelu`].
 //!   Each is a custom op with a CPU implementation ([`cpu`]: loops over contiguous rows) and, with the `cuda`
 //!   feature, a CUDA one (`cuda.rs` + `kernels.cu`: one warp per row), forward and backward.
+//! - Dense layers ([`linear`], with fused inference variants [`linear_gelu`] and [`linear_residual`]) and
+//!   multi-head [`attention`]: on the CPU custom ops over BLIS or the `gemm` crate ([`gemm`]), with
+//!   hand-written backward passes; elsewhere candle's matmul and broadcast ops.
 //! - Sparse per-row corrections for batches that mix tasks ([`sparse`]).
 //! - In-place access to weights: [`scatter_set`] (device-side, for grafts written into the weights),
 //!   [`write_f32`] / [`with_f32_slice`] (host-side views, copied through the host on a GPU).
 //!
 //! Every op accepts f32, f64 (for finite-difference checks), bf16 and f16 (inference).
 
+mod attention;
 pub mod check;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+pub mod gemm;
+mod linear;
 pub mod sparse;
 
+pub use attention::attention;
 use candle_core::{
     bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, InplaceOp1, InplaceOp3, Layout,
     Result, Shape, Storage, Tensor, WithDType,
 };
 use cpu::{contiguous_slice, last_dim, Operand};
+pub use linear::{linear, linear_gelu, linear_residual};
 pub use sparse::{SiteDelta, SiteKind, SparseBatch, SparsePack};
 
 /// Runs `f` on the contiguous values of `t` as a host slice of `T` (zero-copy on the CPU; copied to the host
@@ -592,6 +600,20 @@ mod tests {
             worst = worst.max(e);
         }
         assert!(worst < 5e-7, "worst erf error {worst}");
+    }
+
+    #[test]
+    fn fast_exp_is_accurate() {
+        let mut worst = 0f64;
+        for i in -87_000..=88_000 {
+            let x = i as f64 / 1000.0;
+            let e = cpu::exp_f32_fast(x as f32) as f64;
+            let want = (x as f32 as f64).exp();
+            worst = worst.max((e - want).abs() / want);
+        }
+        assert!(worst < 3e-7, "worst relative exp error {worst}");
+        assert_eq!(cpu::exp_f32_fast(-1e30), 0.0);
+        assert_eq!(cpu::exp_f32_fast(f32::MIN), 0.0);
     }
 
     #[test]
