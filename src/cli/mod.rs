@@ -100,6 +100,9 @@ struct ServeArgs {
     /// Largest graft import (PUT /v1/tasks/{name}/graft), bytes.
     #[arg(long, env = "SKILLGRAFT_MAX_GRAFT_BYTES", default_value_t = 16 << 20)]
     max_graft_bytes: usize,
+    /// Largest data set upload (POST /v1/datasets), bytes.
+    #[arg(long, env = "SKILLGRAFT_MAX_DATASET_BYTES", default_value_t = 64 << 20)]
+    max_dataset_bytes: usize,
     /// Most entries in an uploaded checkpoint archive.
     #[arg(long, env = "SKILLGRAFT_MAX_ARCHIVE_ENTRIES", default_value_t = 64)]
     max_archive_entries: usize,
@@ -743,6 +746,7 @@ fn cmd_serve(a: ServeArgs) -> Result<()> {
         max_json_bytes: a.max_json_bytes,
         max_upload_bytes: a.max_upload_bytes,
         max_graft_bytes: a.max_graft_bytes,
+        max_dataset_bytes: a.max_dataset_bytes,
         max_archive_entries: a.max_archive_entries,
         max_batch_inputs: a.max_batch_inputs,
         max_request_tokens: a.max_request_tokens,

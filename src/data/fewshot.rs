@@ -211,6 +211,17 @@ fn given_split(all: &TaskData, spec: &TaskSpec, max_test: Option<usize>) -> Resu
     })
 }
 
+/// The fixed held-out test sample of data without a test split (step 1 of the module documentation): the
+/// test set a few-shot split of `examples` gets, whatever its K and seed.
+pub fn held_out_test(examples: &[Example], test_size: usize) -> Vec<Example> {
+    let n = examples.len();
+    let mut order: Vec<usize> = (0..n).collect();
+    shuffle(&mut order, &mut SplitMix64::new(TEST_SAMPLE_SEED));
+    let mut test = order[..test_size.min(n / 2)].to_vec();
+    test.sort_unstable();
+    test.into_iter().map(|i| examples[i].clone()).collect()
+}
+
 /// SplitMix64 pseudo-random generator (fixed here so splits never change with a dependency).
 #[derive(Debug, Clone)]
 pub(crate) struct SplitMix64 {
@@ -473,6 +484,7 @@ mod tests {
         let b = few_shot(&data, 2, &opts).unwrap();
         assert_eq!(a.test.len(), 30);
         assert_eq!(a.test, b.test);
+        assert_eq!(a.test, held_out_test(&data.train, 30));
         assert_ne!(a.train, b.train);
         let position = |e: &Example| data.train.iter().position(|d| d == e).unwrap();
         let positions: Vec<usize> = a.test.iter().map(position).collect();

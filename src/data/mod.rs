@@ -4,12 +4,14 @@
 //! - [`files`]: the `LABEL SENTENCE` format and tables (CSV, TSV, JSON lines), Latin-1 fallback;
 //! - [`fewshot`]: the few-shot sampler (K per class, seeded, documented algorithm) and split rules;
 //! - [`builtin`]: the built-in tasks of the data directory;
-//! - [`inspect`]: looking at a data file (format, columns, labels) and writing a starting spec.
+//! - [`inspect`]: looking at a data file (format, columns, labels) and writing a starting spec;
+//! - [`dataset`]: uploaded data sets, checked and normalized.
 //!
 //! The data directory (see [`data_dir_default`]) holds the classic sentence-classification sets
 //! (SST-2, SST-5, MR, CR, MPQA, Subj), one `LABEL SENTENCE` example per line.
 
 pub mod builtin;
+pub mod dataset;
 pub mod fewshot;
 pub mod files;
 pub mod inspect;

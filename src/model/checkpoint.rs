@@ -157,6 +157,19 @@ fn check_labels(
     Ok(())
 }
 
+/// Loads a checkpoint's body and checks it against the base (config, tensor names, shapes, dtypes).
+pub fn load_body(dir: &Path, base: &LoadedModel, device: &Device) -> Result<LoadedModel> {
+    let model = LoadedModel::load(dir, device)?;
+    base.config
+        .check_same_network(&model.config)
+        .with_context(|| format!("{} does not fit the base model", dir.display()))?;
+    model
+        .weights
+        .check_matches_base(&base.weights)
+        .with_context(|| format!("{} does not fit the base model", dir.display()))?;
+    Ok(model)
+}
+
 /// Loads a fine-tuned HF directory, checks it against `base`, and identifies its head.
 pub fn load_finetuned(
     dir: &Path,
@@ -179,14 +192,7 @@ pub fn load_finetuned_with(
     device: &Device,
     given: Option<&HeadSpec>,
 ) -> Result<FinetunedModel> {
-    let model = LoadedModel::load(dir, device)?;
-    base.config
-        .check_same_network(&model.config)
-        .with_context(|| format!("{} does not fit the base model", dir.display()))?;
-    model
-        .weights
-        .check_matches_base(&base.weights)
-        .with_context(|| format!("{} does not fit the base model", dir.display()))?;
+    let model = load_body(dir, base, device)?;
     let arch = base.config.architecture()?;
     let manifest_path = dir.join(HEAD_MANIFEST);
     let manifest = if manifest_path.is_file() {

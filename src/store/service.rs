@@ -4,6 +4,8 @@
 //! <data>/tasks/<name>.graft        one file per task (the graft; its manifest is the task's metadata)
 //! <data>/checkpoints/<id>/         uploaded fine-tuned checkpoints (HF directories), id = content hash
 //! <data>/jobs/<id>.json            localization jobs' last known state
+//! <data>/datasets/<id>.jsonl       uploaded data sets, normalized (one example per line), id = content hash
+//! <data>/datasets/<id>.json        their descriptions (labels, counts, splits)
 //! ```
 //! Every file is written atomically, so a task is either fully there or not at all.
 
@@ -49,6 +51,17 @@ pub trait Store: Send + Sync + 'static {
     fn delete_checkpoint(&self, id: &str) -> Result<bool>;
     /// A scratch directory on the same filesystem (for uploads in progress).
     fn scratch_dir(&self) -> PathBuf;
+    /// Ids of all stored checkpoints, sorted.
+    fn list_checkpoints(&self) -> Result<Vec<String>>;
+    /// Stores a data set: its examples (JSON lines) and its description (JSON), atomically (examples first,
+    /// so a listed description always has its examples).
+    fn put_dataset(&self, id: &str, examples: &[u8], description: &[u8]) -> Result<()>;
+    /// A data set's examples, if it exists.
+    fn get_dataset(&self, id: &str) -> Result<Option<Vec<u8>>>;
+    /// Every stored data set's description.
+    fn list_datasets(&self) -> Result<Vec<Vec<u8>>>;
+    /// Deletes a data set; false when it did not exist.
+    fn delete_dataset(&self, id: &str) -> Result<bool>;
     /// Checks that the store can be read and written.
     fn check(&self) -> Result<()>;
 }
@@ -71,12 +84,12 @@ pub struct StoredJob {
 impl FsStore {
     /// Opens (creating if needed) a data directory.
     pub fn open(root: &Path) -> Result<Self> {
-        for sub in ["tasks", "checkpoints", "jobs", "tmp"] {
+        for sub in ["tasks", "checkpoints", "jobs", "datasets", "tmp"] {
             std::fs::create_dir_all(root.join(sub))
                 .with_context(|| format!("cannot create {}", root.join(sub).display()))?;
         }
         // Leftovers of writes and uploads interrupted by a crash.
-        for sub in ["tasks", "checkpoints", "jobs"] {
+        for sub in ["tasks", "checkpoints", "jobs", "datasets"] {
             let n = super::remove_stale_temporaries(&root.join(sub));
             if n > 0 {
                 tracing::info!("removed {n} unfinished temporary file(s) from {sub}/");
@@ -91,6 +104,13 @@ impl FsStore {
         Ok(Self {
             root: root.to_path_buf(),
         })
+    }
+
+    fn dataset_path(&self, id: &str, ext: &str) -> Result<PathBuf> {
+        if !valid_name(id) {
+            bail!("invalid data set id `{id}`");
+        }
+        Ok(self.root.join("datasets").join(format!("{id}.{ext}")))
     }
 
     fn task_path(&self, name: &str) -> Result<PathBuf> {
@@ -186,6 +206,68 @@ impl Store for FsStore {
         self.root.join("tmp")
     }
 
+    fn list_checkpoints(&self) -> Result<Vec<String>> {
+        let mut ids = Vec::new();
+        for e in std::fs::read_dir(self.root.join("checkpoints"))? {
+            let e = e?;
+            let id = e.file_name().to_string_lossy().to_string();
+            if valid_name(&id) && e.path().is_dir() {
+                ids.push(id);
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    fn put_dataset(&self, id: &str, examples: &[u8], description: &[u8]) -> Result<()> {
+        atomic_write(&self.dataset_path(id, "jsonl")?, examples)?;
+        atomic_write(&self.dataset_path(id, "json")?, description)
+    }
+
+    fn get_dataset(&self, id: &str) -> Result<Option<Vec<u8>>> {
+        let p = self.dataset_path(id, "jsonl")?;
+        if !self.dataset_path(id, "json")?.is_file() {
+            return Ok(None);
+        }
+        match std::fs::read(&p) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", p.display())),
+        }
+    }
+
+    fn list_datasets(&self) -> Result<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(self.root.join("datasets"))? {
+            let p = e?.path();
+            let visible = p
+                .file_name()
+                .is_some_and(|n| !n.to_string_lossy().starts_with('.'));
+            if visible && p.extension().is_some_and(|x| x == "json") {
+                out.push(std::fs::read(&p)?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn delete_dataset(&self, id: &str) -> Result<bool> {
+        if !valid_name(id) {
+            return Ok(false);
+        }
+        let description = self.dataset_path(id, "json")?;
+        let existed = description.is_file();
+        // The description goes first, so a half-deleted data set is never listed.
+        for p in [description, self.dataset_path(id, "jsonl")?] {
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        super::sync_dir(&self.root.join("datasets"));
+        Ok(existed)
+    }
+
     fn check(&self) -> Result<()> {
         let probe = self.root.join("tmp").join(".ready-probe");
         std::fs::write(&probe, b"ok").context("data directory is not writable")?;
@@ -218,6 +300,14 @@ mod tests {
         assert!(s.delete_task("a").unwrap());
         assert!(!s.delete_task("a").unwrap());
         s.check().unwrap();
+        s.put_dataset("ds-1", b"{}\n", b"{\"id\":\"ds-1\"}")
+            .unwrap();
+        assert_eq!(s.get_dataset("ds-1").unwrap().unwrap(), b"{}\n");
+        assert_eq!(s.list_datasets().unwrap().len(), 1);
+        assert!(s.delete_dataset("ds-1").unwrap());
+        assert!(!s.delete_dataset("ds-1").unwrap());
+        assert!(s.get_dataset("ds-1").unwrap().is_none());
+        assert!(s.put_dataset("../x", b"", b"").is_err());
         // A write interrupted by a crash leaves a hidden temporary file; opening the store removes it.
         std::fs::write(dir.join("tasks").join(".t0.graft.tmp-3102"), b"half").unwrap();
         let s = FsStore::open(&dir).unwrap();
