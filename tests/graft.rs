@@ -266,8 +266,9 @@ fn refit_keeps_the_base_patch_and_lowers_the_training_loss() {
         "refit keeps the base patch's coordinates"
     );
     assert_eq!(r.history.len(), 5, "epoch 0 plus four epochs");
-    let first = r.history[1].loss;
-    let last = r.history[4].loss;
+    assert_eq!(r.history[0].loss, None, "the starting mask has no training loss");
+    let first = r.history[1].loss.expect("epoch 1 has a training loss");
+    let last = r.history[4].loss.expect("epoch 4 has a training loss");
     assert!(
         last < first,
         "training only the graft lowers the training loss: {first} → {last}"

@@ -1,13 +1,14 @@
 //! `skillgraft bench`: forward throughput, forward+backward, optimizer steps, graft apply/revert and a full
 //! localization job, as one table (optionally beside PyTorch's times measured in the same sitting).
 
+use super::engine_bench::{engine_batch_seconds, random_batch};
 use super::table::Table;
 use super::{print_json, ModelArgs};
 use crate::data;
 use crate::graft::localize::{localize, GraftableModel, LocalizeOptions, Method};
 use crate::graft::{entries_from_mask, Graft};
 use crate::model::heads::{Classifier, HeadSpec, Pooling};
-use crate::model::{to_hash_map, EncodedBatch, ParamSet};
+use crate::model::{to_hash_map, ParamSet};
 use crate::train::optim::{Optimizer, OptimizerConfig};
 use anyhow::{Context, Result};
 use candle_core::{DType, Tensor};
@@ -81,22 +82,6 @@ fn synced<T>(device: &candle_core::Device, f: impl FnOnce() -> Result<T>) -> Res
     Ok(out)
 }
 
-/// A batch of random token ids, every token real.
-pub(super) fn random_batch(batch: usize, seq: usize, seed: u64) -> EncodedBatch {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let ids: Vec<u32> = (0..batch * seq)
-        .map(|_| rng.random_range(1000..20000))
-        .collect();
-    EncodedBatch {
-        type_ids: vec![0; ids.len()],
-        mask: vec![1; ids.len()],
-        ids,
-        batch,
-        seq,
-        mask_positions: None,
-    }
-}
-
 /// Runs the benchmark.
 pub fn run(a: BenchArgs) -> Result<()> {
     let threads = rayon::current_num_threads();
@@ -148,7 +133,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 .trim()
                 .parse()
                 .context("--engine-tasks: a number of tasks")?;
-            let t = super::engine_bench::engine_batch_seconds(&base, n, b, s, a.min_seconds)?;
+            let t = engine_batch_seconds(&base, n, b, s, a.min_seconds)?;
             rows.push((
                 format!("engine {b}x{s}, {n} task(s)"),
                 t * 1e3,

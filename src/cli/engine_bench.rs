@@ -4,6 +4,7 @@ use crate::engine::{Engine, EngineConfig, ServedTask};
 use crate::graft::synthetic::SyntheticTasks;
 use crate::model::{BaseModel, EncodedBatch};
 use anyhow::Result;
+use rand::{Rng, SeedableRng};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,7 +39,7 @@ pub fn engine_batch_seconds(
             ..Default::default()
         },
     )?;
-    let tokens = super::bench::random_batch(rows, seq, 7);
+    let tokens = random_batch(rows, seq, 7);
     let run_batch = |offset: usize| -> Result<()> {
         let mut requests: Vec<(Arc<ServedTask>, Vec<usize>)> = Vec::new();
         for r in 0..rows {
@@ -74,4 +75,20 @@ pub fn engine_batch_seconds(
     }
     times.sort_by(f64::total_cmp);
     Ok(times[times.len() / 2])
+}
+
+/// A batch of random token ids, every token real.
+pub(super) fn random_batch(batch: usize, seq: usize, seed: u64) -> EncodedBatch {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let ids: Vec<u32> = (0..batch * seq)
+        .map(|_| rng.random_range(1000..20000))
+        .collect();
+    EncodedBatch {
+        type_ids: vec![0; ids.len()],
+        mask: vec![1; ids.len()],
+        ids,
+        batch,
+        seq,
+        mask_positions: None,
+    }
 }

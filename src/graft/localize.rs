@@ -10,6 +10,7 @@ use crate::data::{Example, FewShotSplit};
 use crate::model::ops::{with_f32_slice, write_f32};
 use crate::model::predict::InputBuilder;
 use crate::model::{LoadedModel, TextInput};
+pub use crate::train::EpochReport;
 use crate::train::{Progress, TaskInstance};
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
@@ -107,28 +108,6 @@ const REFIT_STEPS_PER_EPOCH: usize = 4;
 
 fn default_refit_lr() -> f64 {
     1e-3
-}
-
-/// One epoch of mask optimization (epoch 0 = the starting mask).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EpochReport {
-    /// Epoch.
-    pub epoch: usize,
-    /// Size of the rounded mask.
-    pub mask_size: usize,
-    /// Entries that differ from the base patch.
-    pub flips: usize,
-    /// Train accuracy of the rounded mask.
-    pub train_accuracy: f64,
-    /// Dev accuracy of the rounded mask.
-    pub dev_accuracy: f64,
-    /// Mean training loss at the relaxed mask (none for epoch 0, the starting mask).
-    pub loss: Option<f64>,
-    /// Size of the rounded mask before it was projected onto the budget (paper's method, when it grew).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unprojected_size: Option<usize>,
-    /// Wall time of the epoch.
-    pub seconds: f64,
 }
 
 /// A model instance that can be set to any point θ_pre + frac ⊙ Δ of the region.

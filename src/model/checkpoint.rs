@@ -242,7 +242,7 @@ pub fn load_finetuned_with(
                     device: device.clone(),
                     dtype: candle_core::DType::F32,
                 };
-                crate::train::prototype_tensor(base, &inputs, descriptions)?
+                super::predict::prototype_tensor(base, &inputs, descriptions)?
             }
             (None, _) => bail!(
                 "{}: head tensor `{name}` is missing for its {} head: is this a checkpoint with that head? A body fine-tuned behind another head needs that head given (`--head prototype`, or `head` in an upload or a job)",

@@ -184,7 +184,7 @@ impl BaseModel {
     pub fn init_head(&self, spec: &HeadSpec, seed: u64) -> Result<BTreeMap<String, Tensor>> {
         match spec {
             HeadSpec::Prototype { descriptions, .. } => {
-                let t = crate::train::prototype_tensor(
+                let t = predict::prototype_tensor(
                     &self.model,
                     &self.inputs(spec.clone()),
                     descriptions,

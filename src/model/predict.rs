@@ -4,8 +4,8 @@ use super::heads::{Classifier, HeadSpec};
 use super::tokenize::{TextEncoder, TextInput};
 use super::ModelConfig;
 use crate::data::Example;
-use anyhow::Result;
-use candle_core::{DType, Device};
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, Tensor};
 
 /// Everything needed to turn texts into model inputs for one task head.
 #[derive(Clone)]
@@ -90,4 +90,32 @@ pub fn argmax_f32(row: &[f32]) -> usize {
         }
     }
     best
+}
+
+/// Prototype tensor (classes × hidden) for a prototype head: the base model's unit-norm mean-pooled
+/// embeddings of one description per class.
+pub fn prototype_tensor(
+    base: &super::LoadedModel,
+    inputs: &InputBuilder,
+    descriptions: &[String],
+) -> Result<Tensor> {
+    if descriptions.len() < 2 {
+        bail!("a prototype head needs one description per class (at least two)");
+    }
+    let vb = candle_nn::VarBuilder::from_tensors(
+        super::to_hash_map(&base.weights.tensors),
+        inputs.dtype,
+        &inputs.device,
+    );
+    let encoder = super::Encoder::load(vb, &base.config)?;
+    let texts: Vec<TextInput> = descriptions
+        .iter()
+        .map(|d| TextInput::single(d.clone()))
+        .collect();
+    let enc = inputs.tokenizer.encode(&texts, false)?;
+    let input = enc.to_input(&base.config, &inputs.device, inputs.dtype)?;
+    let hidden = encoder.forward(&input)?;
+    Ok(super::heads::sentence_embeddings(&hidden, &input)?
+        .to_dtype(DType::F32)?
+        .contiguous()?)
 }

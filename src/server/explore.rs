@@ -319,6 +319,7 @@ pub async fn task_calibration(
 
 /// `?limit=N`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ExamplesQuery {
     /// Examples to return (default 50, at most 1000).
     #[serde(default)]

@@ -4,10 +4,10 @@
 pub mod optim;
 
 use crate::data::{Example, FewShotSplit};
-use crate::model::heads::{sentence_embeddings, Classifier};
+use crate::model::heads::Classifier;
 use crate::model::ops::{to_f32_vec, write_f32};
 use crate::model::predict::{accuracy, InputBuilder};
-use crate::model::{to_hash_map, Architecture, Encoder, LoadedModel, ParamSet, TextInput};
+use crate::model::{to_hash_map, Architecture, ParamSet, TextInput};
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 use optim::{Optimizer, OptimizerConfig};
@@ -95,32 +95,26 @@ impl TaskInstance {
     }
 }
 
-/// Prototype tensor (classes × hidden) for a prototype head: the base model's unit-norm mean-pooled
-/// embeddings of one description per class.
-pub fn prototype_tensor(
-    base: &LoadedModel,
-    inputs: &InputBuilder,
-    descriptions: &[String],
-) -> Result<Tensor> {
-    if descriptions.len() < 2 {
-        bail!("a prototype head needs one description per class (at least two)");
-    }
-    let vb = candle_nn::VarBuilder::from_tensors(
-        to_hash_map(&base.weights.tensors),
-        inputs.dtype,
-        &inputs.device,
-    );
-    let encoder = Encoder::load(vb, &base.config)?;
-    let texts: Vec<TextInput> = descriptions
-        .iter()
-        .map(|d| TextInput::single(d.clone()))
-        .collect();
-    let enc = inputs.tokenizer.encode(&texts, false)?;
-    let input = enc.to_input(&base.config, &inputs.device, inputs.dtype)?;
-    let hidden = encoder.forward(&input)?;
-    Ok(sentence_embeddings(&hidden, &input)?
-        .to_dtype(DType::F32)?
-        .contiguous()?)
+/// One epoch of mask optimization (epoch 0 = the starting mask).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochReport {
+    /// Epoch.
+    pub epoch: usize,
+    /// Size of the rounded mask.
+    pub mask_size: usize,
+    /// Entries that differ from the base patch.
+    pub flips: usize,
+    /// Train accuracy of the rounded mask.
+    pub train_accuracy: f64,
+    /// Dev accuracy of the rounded mask.
+    pub dev_accuracy: f64,
+    /// Mean training loss at the relaxed mask (none for epoch 0, the starting mask).
+    pub loss: Option<f64>,
+    /// Size of the rounded mask before it was projected onto the budget (paper's method, when it grew).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unprojected_size: Option<usize>,
+    /// Wall time of the epoch.
+    pub seconds: f64,
 }
 
 /// Which tensors fine-tuning updates.
@@ -208,7 +202,7 @@ pub enum Progress {
     /// A dev evaluation.
     Eval(EvalPoint),
     /// A localization epoch finished.
-    Epoch(crate::graft::localize::EpochReport),
+    Epoch(EpochReport),
     /// Free-form status.
     Message {
         /// Text.

@@ -6,7 +6,6 @@
 //! referenced from a batch plan are read indirectly by the kernels: they are created and used on the engine
 //! thread's stream, which orders them.
 
-use super::sparse::{SparsePack, TILE_ROWS};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
     CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchArgs, LaunchConfig,
@@ -333,23 +332,24 @@ pub(super) fn scatter_set(
     Ok(())
 }
 
-/// Uploads a batch plan: per segment {keys pointer, values pointer, row0 << 32 | rows}, then one u64 per tile.
-/// Returns the buffer, the number of segments and the number of tiles.
+/// One segment of a batch plan: first row, rows, and the task pack's two device buffers.
+pub(super) type PlanSegment<'a> = (usize, usize, &'a CudaSlice<u32>, &'a CudaSlice<f32>);
+
+/// Uploads a batch plan: per segment {keys pointer, values pointer, row0 << 32 | rows}, then one u64 per tile
+/// of at most `tile_rows` rows. Returns the buffer, the number of segments and the number of tiles.
 pub(super) fn upload_plan(
     dev: &CudaDevice,
-    segments: &[(usize, usize, &SparsePack)],
+    segments: &[PlanSegment<'_>],
+    tile_rows: usize,
 ) -> Result<(CudaSlice<u64>, u32, u32)> {
     let stream = dev.cuda_stream();
     let mut plan = Vec::with_capacity(segments.len() * 4);
     let mut tiles = Vec::new();
-    for (seg, &(r0, n, pack)) in segments.iter().enumerate() {
-        let Some((keys, vals)) = pack.cuda_buffers() else {
-            bail!("sparse corrections: a task pack is not on the GPU");
-        };
+    for (seg, &(r0, n, keys, vals)) in segments.iter().enumerate() {
         let (pk, _gk) = keys.device_ptr(&stream);
         let (pv, _gv) = vals.device_ptr(&stream);
         plan.extend_from_slice(&[pk, pv, ((r0 as u64) << 32) | n as u64]);
-        for t in 0..n.div_ceil(TILE_ROWS) {
+        for t in 0..n.div_ceil(tile_rows) {
             tiles.push(((seg as u64) << 32) | t as u64);
         }
     }
@@ -367,6 +367,7 @@ pub(super) struct SparseLaunch<'a> {
     pub(super) n_segs: u32,
     pub(super) n_tiles: u32,
     pub(super) site: u32,
+    pub(super) tile_rows: u32,
     pub(super) norm_eps: Option<f64>,
 }
 
@@ -391,7 +392,7 @@ pub(super) fn sparse_rows(
     let (px, gx) = ptr(xs, xl, &stream)?;
     let (py, gy) = ptr_mut(ys, yl, &stream)?;
     let (pp, gp) = launch.plan.device_ptr(&stream);
-    let rt = TILE_ROWS as u32;
+    let rt = launch.tile_rows;
     let acc_bytes = if dtype == DType::F64 { 8 } else { 4 };
     let config = LaunchConfig {
         grid_dim: (launch.n_tiles, 1, 1),

@@ -19,7 +19,7 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 
 /// Rows per tile (one CUDA block, one CPU task).
-pub(super) const TILE_ROWS: usize = 16;
+const TILE_ROWS: usize = 16;
 
 /// What a site is, for packing its deltas.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,7 +221,16 @@ impl<'a> SparseBatch<'a> {
         }
         #[cfg(feature = "cuda")]
         let plan = match device {
-            Device::Cuda(dev) => Some(super::cuda::upload_plan(dev, &segments)?),
+            Device::Cuda(dev) => {
+                let mut on_device = Vec::with_capacity(segments.len());
+                for &(r0, n, pack) in &segments {
+                    let Some((keys, vals)) = pack.cuda_buffers() else {
+                        bail!("sparse corrections: a task pack is not on the GPU");
+                    };
+                    on_device.push((r0, n, keys, vals));
+                }
+                Some(super::cuda::upload_plan(dev, &on_device, TILE_ROWS)?)
+            }
             _ => None,
         };
         #[cfg(not(feature = "cuda"))]
@@ -361,6 +370,7 @@ impl InplaceOp2 for SparseOp<'_, '_> {
                 n_segs: *n_segs,
                 n_tiles: *n_tiles,
                 site: self.site as u32,
+                tile_rows: TILE_ROWS as u32,
                 norm_eps: self.norm_eps,
             },
         )
