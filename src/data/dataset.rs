@@ -176,7 +176,11 @@ pub fn normalize(
         serde_json::to_writer(&mut out, &record)?;
         out.push(b'\n');
     }
-    let digest = hex_sha256(&out);
+    // The class order is part of a data set (class ids follow it), so it is hashed with the records.
+    let mut hashed = serde_json::to_vec(&labels)?;
+    hashed.push(b'\n');
+    hashed.extend_from_slice(&out);
+    let digest = hex_sha256(&hashed);
     let info = DatasetInfo {
         id: format!("ds-{}", &digest[..16]),
         name: opts.name.clone().unwrap_or_else(|| {
@@ -263,6 +267,14 @@ mod tests {
         };
         let err = normalize(csv, "tone.csv", &opts).unwrap_err().to_string();
         assert!(err.contains("`labels`") && err.contains("fact"), "{err}");
+        // Another class order is another data set (class ids differ).
+        let opts = DatasetOptions {
+            labels: Some(vec!["praise".into(), "fact".into(), "complaint".into()]),
+            ..Default::default()
+        };
+        let (reordered, _) = normalize(csv, "tone.csv", &opts).unwrap();
+        assert_eq!(reordered.labels, ["praise", "fact", "complaint"]);
+        assert_ne!(reordered.id, info.id);
         let err = normalize(
             b"text,label\n,a\nb,b\nc,a\nd,b\n",
             "x.csv",

@@ -530,6 +530,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("class 1"), "{err}");
+        // With an official test split the pool is all of train: class 1 has 4 examples (sentences 1, 11,
+        // 21, 31), so K = 4 does not fit; the refusal offers what does, and cap_k gives class 1 two and two.
+        let with_test = TaskData {
+            test: vec![ex("held out", 0)],
+            ..data.clone()
+        };
+        let err = plan_few_shot(&with_test, 2, &FewShotOptions::new(4, 1))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("class 1 has 4 examples")
+                && err.contains("at most 2 fits every class")
+                && err.contains("--cap-k"),
+            "the refusal offers a split that works: {err}"
+        );
+        let capped = FewShotOptions {
+            cap_k: true,
+            ..FewShotOptions::new(4, 1)
+        };
+        let s = few_shot(&with_test, 2, &capped).unwrap();
+        let count = |v: &[Example], c: usize| v.iter().filter(|e| e.label == c).count();
+        assert_eq!((count(&s.train, 0), count(&s.dev, 0)), (4, 4));
+        assert_eq!((count(&s.train, 1), count(&s.dev, 1)), (2, 2));
+        assert!(texts(&s.train).is_disjoint(&texts(&s.dev)));
         let bad = TaskData {
             train: vec![ex("a", 0), ex("b", 5)],
             ..TaskData::default()

@@ -78,11 +78,14 @@ pub struct Dataset {
     /// `builtin` or `uploaded`.
     pub kind: String,
     /// Id (`dataset` of a localization request or an evaluation), for uploaded data sets.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
     /// Rows, for uploaded data sets.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub rows: Option<usize>,
     /// Rows per split (`train`, `dev`, `test`), for uploaded data sets with a split column.
     #[schema(value_type = Option<Object>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub splits: Option<std::collections::BTreeMap<String, usize>>,
 }
 
