@@ -1,7 +1,10 @@
 //! `skillgraft bench-serve`: starts `skillgraft serve` as a second process (same device, dtype and threads)
-//! and drives it over HTTP from this one, in phases of growing task counts (1, 100, ... tasks; each request
-//! for a task drawn uniformly or by a Zipf law): requests/s, p50/p99 latency, the server's resident memory,
-//! and the engine's per-task state (bytes on the model's device) read from `/metrics`.
+//! and drives it over HTTP from this one, in phases of growing task counts (1, 100, 10,000 … tasks; each
+//! request for a task drawn uniformly or by a Zipf law). Before each phase the tasks are imported, then the
+//! server is restarted, so it starts with every task in its store and none in memory: tasks load on demand.
+//! Per phase: a cold task's first-request latency (tasks never asked for since the restart, one at a time),
+//! then requests/s and p50/p99 latency under load, the server's resident memory, the graft cache and the
+//! engine's per-task device state (read from `/metrics`).
 
 use super::table::Table;
 use super::{print_json, ModelArgs};
@@ -38,6 +41,19 @@ pub struct BenchServeArgs {
     /// and a long tail).
     #[arg(long, value_parser = ["uniform", "zipf"], default_value = "uniform")]
     popularity: String,
+    /// Cold tasks timed per phase (first request to a task not in memory).
+    #[arg(long, default_value_t = 20)]
+    cold: usize,
+    /// The server's graft cache, bytes (its --task-cache-bytes; default: the server's default).
+    #[arg(long)]
+    task_cache_bytes: Option<usize>,
+    /// The server's store (its --store: a directory or s3://bucket/prefix; default: a fresh temporary
+    /// directory).
+    #[arg(long)]
+    store: Option<String>,
+    /// Concurrent connections importing tasks.
+    #[arg(long, default_value_t = 4)]
+    import_clients: usize,
 }
 
 fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> Result<(u16, Vec<u8>)> {
@@ -128,6 +144,10 @@ fn gpu_mib(pid: u32) -> Option<f64> {
 
 struct Phase {
     tasks: usize,
+    cold_ms: Vec<f64>,
+    rss_start_kib: u64,
+    cache_bytes: Option<f64>,
+    cache_entries: Option<f64>,
     requests: usize,
     errors: usize,
     seconds: f64,
@@ -139,7 +159,14 @@ struct Phase {
     gpu_mib: Option<f64>,
 }
 
-fn load(addr: &str, names: &[String], a: &BenchServeArgs, pid: u32) -> Result<Phase> {
+fn load(
+    addr: &str,
+    names: &[String],
+    a: &BenchServeArgs,
+    pid: u32,
+    cold_ms: Vec<f64>,
+    rss_start_kib: u64,
+) -> Result<Phase> {
     let sentences = [
         "a gorgeous , witty , seductive movie .",
         "the plot is dull and the acting is worse .",
@@ -199,6 +226,10 @@ fn load(addr: &str, names: &[String], a: &BenchServeArgs, pid: u32) -> Result<Ph
     };
     Ok(Phase {
         tasks: names.len(),
+        cold_ms,
+        rss_start_kib,
+        cache_bytes: metric(addr, "skillgraft_task_cache_bytes"),
+        cache_entries: metric(addr, "skillgraft_task_cache_entries"),
         resident_bytes: metric(addr, "skillgraft_resident_task_bytes"),
         resident_tasks: metric(addr, "skillgraft_resident_tasks"),
         gpu_mib: gpu_mib(pid),
@@ -220,23 +251,24 @@ impl Drop for Guard {
     }
 }
 
-/// Runs the serving benchmark.
-pub fn run(a: BenchServeArgs) -> Result<()> {
-    let base = a.model.load()?;
-    let mut phases_wanted = a.tasks.clone();
-    phases_wanted.sort_unstable();
-    phases_wanted.dedup();
-    if phases_wanted.first().is_none_or(|&n| n == 0) {
-        bail!("--tasks: give task counts of at least 1, e.g. 1,100,1000");
-    }
-    let state = std::env::temp_dir().join(format!("skillgraft-bench-serve-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&state);
+/// A server process started by the bench.
+struct Server {
+    _child: Guard,
+    addr: String,
+    pid: u32,
+}
+
+fn start_server(
+    a: &BenchServeArgs,
+    model_dir: &std::path::Path,
+    state: &std::path::Path,
+) -> Result<Server> {
     let exe = std::env::current_exe()?;
     let mut cmd = Command::new(exe);
     cmd.args(["serve", "--addr", "127.0.0.1:0", "--model"])
-        .arg(&base.model.files.dir)
+        .arg(model_dir)
         .arg("--state-dir")
-        .arg(&state)
+        .arg(state)
         .args([
             "--queue",
             "4096",
@@ -249,6 +281,12 @@ pub fn run(a: BenchServeArgs) -> Result<()> {
         .stdout(Stdio::null());
     if let Some(t) = a.model.threads {
         cmd.args(["--threads", &t.to_string()]);
+    }
+    if let Some(b) = a.task_cache_bytes {
+        cmd.args(["--task-cache-bytes", &b.to_string()]);
+    }
+    if let Some(st) = &a.store {
+        cmd.args(["--store", st]);
     }
     let mut child = cmd.spawn()?;
     let stderr = child.stderr.take().context("server stderr")?;
@@ -275,33 +313,126 @@ pub fn run(a: BenchServeArgs) -> Result<()> {
         let mut sink = String::new();
         let _ = reader.read_to_string(&mut sink);
     });
+    Ok(Server {
+        _child: child,
+        addr,
+        pid,
+    })
+}
 
-    let gen = SyntheticTasks::new(&base, a.sparsity)?;
-    let put = |i: usize| -> Result<String> {
-        let name = format!("task{i:05}");
-        let bytes = gen.graft(i)?.to_bytes()?;
-        let (status, body) = http(&addr, "PUT", &format!("/v1/tasks/{name}/graft"), &bytes)?;
+/// First-request latencies (ms) of up to `count` tasks spread over the popularity ranks, one at a time,
+/// right after a restart: each is loaded from the store on that request.
+fn cold_latencies(addr: &str, names: &[String], count: usize) -> Result<Vec<f64>> {
+    let count = count.min(names.len());
+    let body =
+        serde_json::json!({ "inputs": ["a gorgeous , witty , seductive movie ."] }).to_string();
+    let mut out = Vec::with_capacity(count);
+    for k in 0..count {
+        let task = &names[k * names.len() / count];
+        let t = Instant::now();
+        let (status, resp) = http(
+            addr,
+            "POST",
+            &format!("/v1/tasks/{task}/predict"),
+            body.as_bytes(),
+        )?;
         if status != 200 {
             bail!(
-                "import failed ({status}): {}",
-                String::from_utf8_lossy(&body)
+                "cold predict on {task} failed ({status}): {}",
+                String::from_utf8_lossy(&resp)
             );
         }
-        Ok(name)
-    };
-    let rss0 = rss_kib(pid)?;
-    let mut names: Vec<String> = Vec::new();
+        out.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(out)
+}
+
+/// Imports synthetic tasks `from..to` over `clients` connections.
+fn import(addr: &str, gen: &SyntheticTasks, from: usize, to: usize, clients: usize) -> Result<()> {
+    let next = std::sync::atomic::AtomicUsize::new(from);
+    std::thread::scope(|s| -> Result<()> {
+        let hs: Vec<_> = (0..clients.max(1))
+            .map(|_| {
+                s.spawn(|| -> Result<()> {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if i >= to {
+                            return Ok(());
+                        }
+                        let bytes = gen.graft(i)?.to_bytes()?;
+                        let (status, body) = http(
+                            addr,
+                            "PUT",
+                            &format!("/v1/tasks/{}/graft", task_name(i)),
+                            &bytes,
+                        )?;
+                        if status != 200 {
+                            bail!(
+                                "import failed ({status}): {}",
+                                String::from_utf8_lossy(&body)
+                            );
+                        }
+                    }
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("import thread panicked"))??;
+        }
+        Ok(())
+    })
+}
+
+fn task_name(i: usize) -> String {
+    format!("task{i:05}")
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s.get(s.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Runs the serving benchmark.
+pub fn run(a: BenchServeArgs) -> Result<()> {
+    let base = a.model.load()?;
+    let mut phases_wanted = a.tasks.clone();
+    phases_wanted.sort_unstable();
+    phases_wanted.dedup();
+    if phases_wanted.first().is_none_or(|&n| n == 0) {
+        bail!("--tasks: give task counts of at least 1, e.g. 1,100,1000");
+    }
+    let state = std::env::temp_dir().join(format!("skillgraft-bench-serve-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state);
+    let model_dir = base.model.files.dir.clone();
+    let gen = SyntheticTasks::new(&base, a.sparsity)?;
+    let mut server = start_server(&a, &model_dir, &state)?;
+    let rss0 = rss_kib(server.pid)?;
+    let mut imported = 0;
     let mut phases = Vec::new();
     for &n in &phases_wanted {
-        while names.len() < n {
-            names.push(put(names.len())?);
+        let t = Instant::now();
+        import(&server.addr, &gen, imported, n, a.import_clients)?;
+        if n > imported {
+            eprintln!(
+                "imported tasks {imported}..{n} in {:.1}s; restarting the server",
+                t.elapsed().as_secs_f64()
+            );
         }
+        imported = imported.max(n);
+        drop(server);
+        server = start_server(&a, &model_dir, &state)?;
+        let rss_start = rss_kib(server.pid)?;
+        let names: Vec<String> = (0..n).map(task_name).collect();
+        let cold = cold_latencies(&server.addr, &names, a.cold)?;
         eprintln!(
             "phase: {n} task(s), {} clients, {} popularity, {:.0}s",
             a.clients, a.popularity, a.seconds
         );
-        phases.push(load(&addr, &names, &a, pid)?);
+        phases.push(load(&server.addr, &names, &a, server.pid, cold, rss_start)?);
     }
+    drop(server);
     let _ = std::fs::remove_dir_all(&state);
     let base_bytes = (base.model.body_parameter_count() * base.dtype.size_in_bytes()) as f64;
     let rps = |p: &Phase| p.requests as f64 / p.seconds;
@@ -325,6 +456,10 @@ pub fn run(a: BenchServeArgs) -> Result<()> {
                 "device_bytes_per_task": per_task_device(p),
                 "device_bytes_per_task_fraction_of_base": per_task_device(p).map(|b| b / base_bytes),
                 "rss_bytes_per_added_task": per_task_rss(p), "gpu_mib": p.gpu_mib,
+                "cold_first_request_ms": p.cold_ms, "cold_p50_ms": median(&p.cold_ms),
+                "cold_max_ms": p.cold_ms.iter().copied().fold(f64::NAN, f64::max),
+                "rss_after_restart_kib": p.rss_start_kib, "task_cache_bytes": p.cache_bytes,
+                "task_cache_entries": p.cache_entries,
             })
         })
         .collect();
@@ -353,11 +488,13 @@ pub fn run(a: BenchServeArgs) -> Result<()> {
         "vs first",
         "p50 ms",
         "p99 ms",
+        "cold p50 / max ms",
         "errors",
-        "server RSS MiB",
+        "RSS MiB (restart → end)",
+        "grafts in memory",
         "device bytes/task",
-        "% of base",
     ]);
+    let opt = |x: Option<f64>, f: &dyn Fn(f64) -> String| x.map_or("–".into(), f);
     for p in &phases {
         let dev = per_task_device(p);
         t.row(vec![
@@ -366,10 +503,26 @@ pub fn run(a: BenchServeArgs) -> Result<()> {
             format!("{:.3}x", rps(p) / rps(first)),
             format!("{:.1}", p.p50_ms),
             format!("{:.1}", p.p99_ms),
+            format!(
+                "{:.1} / {:.1}",
+                median(&p.cold_ms),
+                p.cold_ms.iter().copied().fold(f64::NAN, f64::max)
+            ),
             p.errors.to_string(),
-            format!("{:.1}", p.rss_kib as f64 / 1024.0),
+            format!(
+                "{:.1} → {:.1}",
+                p.rss_start_kib as f64 / 1024.0,
+                p.rss_kib as f64 / 1024.0
+            ),
+            format!(
+                "{} ({})",
+                opt(p.cache_entries, &|e| format!("{e:.0}")),
+                opt(p.cache_bytes, &|b| format!(
+                    "{:.1} MiB",
+                    b / (1 << 20) as f64
+                ))
+            ),
             dev.map_or("–".into(), |b| format!("{b:.0}")),
-            dev.map_or("–".into(), |b| format!("{:.4}%", 100.0 * b / base_bytes)),
         ]);
     }
     println!("{t}");

@@ -6,9 +6,11 @@ mod bench_serve;
 mod compose;
 mod engine_bench;
 mod evaluate;
+mod healthcheck;
 mod predict;
 mod selfcheck;
 mod study;
+mod synthetic;
 mod table;
 mod task;
 
@@ -69,6 +71,10 @@ enum Command {
     BenchServe(bench_serve::BenchServeArgs),
     /// Run a resumable grid of fine-tunes and localizations and write a Markdown report.
     Study(study::StudyArgs),
+    /// Write a random graft for the base model (smoke tests of a deployment, benchmarks).
+    Synthetic(synthetic::SyntheticArgs),
+    /// Exit 0 when the server on this machine answers /health (or /ready): a container health check.
+    Healthcheck(healthcheck::HealthcheckArgs),
 }
 
 /// Options of `skillgraft serve` (every flag also reads an environment variable).
@@ -79,9 +85,24 @@ struct ServeArgs {
     /// Listen address.
     #[arg(long, env = "SKILLGRAFT_ADDR", default_value = "127.0.0.1:8080")]
     addr: std::net::SocketAddr,
-    /// Service state directory (tasks, checkpoints, jobs); default $SKILLGRAFT_HOME/data.
+    /// Service state directory (tasks, checkpoints, jobs); default $SKILLGRAFT_HOME/data. With --store
+    /// s3://…, only local scratch space and a cache.
     #[arg(long, env = "SKILLGRAFT_STATE_DIR")]
     state_dir: Option<PathBuf>,
+    /// Where state lives, shared by every replica that names it: a directory (default: the state directory)
+    /// or s3://bucket/prefix (credentials, region and AWS_ENDPOINT_URL from the usual AWS variables).
+    #[arg(long, env = "SKILLGRAFT_STORE")]
+    store: Option<String>,
+    /// How often to read the store's change journal, ms: a task changed through another replica is served
+    /// here within about this plus one load.
+    #[arg(long, env = "SKILLGRAFT_SYNC_MS", default_value_t = 1000)]
+    sync_ms: u64,
+    /// Bytes of grafts kept in memory (loaded on first use, least recently used out).
+    #[arg(long, env = "SKILLGRAFT_TASK_CACHE_BYTES", default_value_t = 256 << 20)]
+    task_cache_bytes: usize,
+    /// Seconds without a heartbeat after which another replica counts as gone (its jobs reported failed).
+    #[arg(long, env = "SKILLGRAFT_REPLICA_DEAD_SECS", default_value_t = 15)]
+    replica_dead_secs: u64,
     /// Data sets for built-in tasks.
     #[arg(long, env = "SKILLGRAFT_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -523,33 +544,37 @@ fn print_json(v: &serde_json::Value) -> Result<()> {
 
 impl Command {
     fn model_args(&self) -> Option<&ModelArgs> {
-        Some(match self {
-            Command::Finetune(a) => &a.model,
-            Command::Localize(a) => &a.model,
-            Command::Evaluate(a) => &a.model,
-            Command::Overlap(a) => &a.model,
-            Command::Compose(a) => &a.model,
-            Command::Export(a) => &a.model,
-            Command::Info(a) => &a.model,
-            Command::Predict(a) => &a.model,
-            Command::Embed(a) => &a.model,
-            Command::Selfcheck(a) => &a.model,
-            Command::Bench(a) => &a.model,
-            Command::Serve(a) => &a.model,
-            Command::BenchServe(a) => &a.model,
-            Command::Study(a) => &a.model,
-            Command::Task(t) => return t.model_args(),
-        })
+        match self {
+            Command::Finetune(a) => Some(&a.model),
+            Command::Localize(a) => Some(&a.model),
+            Command::Evaluate(a) => Some(&a.model),
+            Command::Overlap(a) => Some(&a.model),
+            Command::Compose(a) => Some(&a.model),
+            Command::Export(a) => Some(&a.model),
+            Command::Info(a) => Some(&a.model),
+            Command::Predict(a) => Some(&a.model),
+            Command::Embed(a) => Some(&a.model),
+            Command::Selfcheck(a) => Some(&a.model),
+            Command::Bench(a) => Some(&a.model),
+            Command::Serve(a) => Some(&a.model),
+            Command::BenchServe(a) => Some(&a.model),
+            Command::Study(a) => Some(&a.model),
+            Command::Synthetic(a) => Some(&a.model),
+            Command::Healthcheck(_) => None,
+            Command::Task(t) => t.model_args(),
+        }
     }
 }
 
 /// Runs the CLI: the command runs inside the compute thread pool (see [`crate::compute_pool`]).
 pub fn run(cli: Cli) -> Result<()> {
-    if let Command::Serve(a) = cli.command {
-        return cmd_serve(a);
-    }
-    let pool = crate::compute_pool(cli.command.model_args().and_then(|m| m.threads))?;
-    pool.install(|| dispatch(cli.command))
+    let command = match cli.command {
+        Command::Serve(a) => return cmd_serve(a),
+        Command::Healthcheck(a) => return healthcheck::run(a),
+        c => c,
+    };
+    let pool = crate::compute_pool(command.model_args().and_then(|m| m.threads))?;
+    pool.install(|| dispatch(command))
 }
 
 fn dispatch(command: Command) -> Result<()> {
@@ -569,6 +594,8 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Serve(a) => cmd_serve(a),
         Command::BenchServe(a) => bench_serve::run(a),
         Command::Study(a) => study::cmd_study(a),
+        Command::Synthetic(a) => synthetic::run(a),
+        Command::Healthcheck(a) => healthcheck::run(a),
     }
 }
 
@@ -733,11 +760,20 @@ fn cmd_serve(a: ServeArgs) -> Result<()> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let base = a.model.load()?;
     let secs = std::time::Duration::from_secs;
+    let data_dir = a
+        .state_dir
+        .unwrap_or_else(|| crate::home_dir().join("data"));
+    let store = match &a.store {
+        Some(s) => crate::store::service::StoreSpec::parse(s)?,
+        None => crate::store::service::StoreSpec::Dir(data_dir.clone()),
+    };
     let config = crate::server::ServerConfig {
         addr: a.addr,
-        data_dir: a
-            .state_dir
-            .unwrap_or_else(|| crate::home_dir().join("data")),
+        data_dir,
+        store,
+        sync_interval: std::time::Duration::from_millis(a.sync_ms.max(10)),
+        task_cache_bytes: a.task_cache_bytes,
+        replica_dead_after: secs(a.replica_dead_secs.max(1)),
         datasets_dir: a.data_dir.unwrap_or_else(data::data_dir_default),
         api_keys: a.api_key.into_iter().filter(|k| !k.is_empty()).collect(),
         admin_keys: a.admin_key.into_iter().filter(|k| !k.is_empty()).collect(),
@@ -767,19 +803,24 @@ fn cmd_serve(a: ServeArgs) -> Result<()> {
         },
     };
     eprintln!(
-        "base {} ({} parameters); state in {}; {} compute thread(s)",
+        "base {} ({} parameters); local state in {}; {} compute thread(s)",
         base.name,
         base.model.body_parameter_count(),
         config.data_dir.display(),
         threads
     );
     let state = crate::server::build_state(base, config)?;
-    eprintln!("{} task(s) loaded", state.tasks.len());
+    eprintln!(
+        "store {} (tasks load on first use); replica {}",
+        state.store.location(),
+        state.store.replicas().id()
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let result = rt.block_on(crate::server::serve(state));
+    let result = rt.block_on(crate::server::serve(state.clone()));
+    state.shutdown();
     // Work still running past the shutdown deadline (a long computation) is abandoned, not waited for.
     rt.shutdown_timeout(std::time::Duration::from_millis(200));
     result

@@ -29,9 +29,7 @@ pub fn routes() -> Router<Arc<AppState>> {
 }
 
 fn served(s: &AppState, name: &str) -> ApiResult<Arc<ServedTask>> {
-    s.tasks.get(name).map(|t| t.clone()).ok_or_else(|| {
-        ApiError::not_found(format!("unknown task `{name}` (GET /v1/tasks lists them)"))
-    })
+    s.task(name)
 }
 
 // ------------------------------------------------------------------------------------------------ session

@@ -1,7 +1,10 @@
 //! Localization jobs: a bounded pool of worker threads, each job with its own model copy (it modifies the
-//! weights for seconds at a time, so it never touches the engine's). State is persisted on every change; a
-//! restart reports jobs that were running as failed. A job's inline examples are shown to admin keys only
-//! ([`JobStatus::view`]).
+//! weights for seconds at a time, so it never touches the engine's). A job runs on the replica that accepted
+//! it; its state is persisted in the store on every change, with that replica's id, so every replica can
+//! answer for it ([`records`]); a job whose replica stopped (a restart included) is reported failed. A job's
+//! inline examples are shown to admin keys only ([`JobStatus::view`]).
+
+pub mod records;
 
 use super::AppState;
 use crate::calibration::CalibrationPolicy;
@@ -12,6 +15,7 @@ use crate::graft::localize::{LocalizeOptions, Method};
 use crate::graft::RegionSpec;
 use crate::model::export::{load_finetuned_with, FinetunedModel};
 use crate::model::{BaseModel, HeadKind, HeadSpec};
+use crate::store::blob::PutMode;
 use crate::train::Progress;
 use anyhow::{bail, Context, Result};
 use dashmap::DashMap;
@@ -304,6 +308,9 @@ pub struct JobStatus {
     pub started_unix: Option<u64>,
     /// End time.
     pub finished_unix: Option<u64>,
+    /// The replica running the job (absent in records of servers before replicas).
+    #[serde(default)]
+    pub replica: Option<String>,
 }
 
 impl JobStatus {
@@ -349,48 +356,60 @@ impl JobManager {
         }
     }
 
-    /// Loads stored jobs; those that were queued or running are marked failed (interrupted).
+    /// Settles stored jobs at start: those queued or running on a replica that is gone (this one before a
+    /// restart included) are marked failed.
     pub fn load(&self, state: &AppState) -> Result<()> {
-        for bytes in state.store.list_jobs()? {
-            let Ok(mut st) = serde_json::from_slice::<JobStatus>(&bytes) else {
-                continue;
-            };
-            if matches!(st.state, JobState::Queued | JobState::Running) {
-                st.state = JobState::Failed;
-                st.error = Some("interrupted by a server restart".into());
-                st.finished_unix = Some(crate::graft::unix_now());
-                state.store.put_job(&st.id, &serde_json::to_vec(&st)?)?;
-            }
-            let (tx, _) = broadcast::channel(64);
-            self.jobs.insert(
-                st.id.clone(),
-                Arc::new(JobEntry {
-                    status: Mutex::new(st),
-                    cancel: Arc::new(AtomicBool::new(false)),
-                    events: tx,
-                }),
-            );
+        for id in state.store.list_job_ids()? {
+            records::read(state, &id)?;
         }
         Ok(())
     }
 
-    /// A job by id.
-    pub fn get(&self, id: &str) -> Option<Arc<JobEntry>> {
+    /// A job this replica runs (or ran since it started).
+    pub fn local(&self, id: &str) -> Option<Arc<JobEntry>> {
         self.jobs.get(id).map(|e| e.clone())
     }
 
-    /// All jobs' states, newest first.
-    pub fn list(&self) -> Vec<JobStatus> {
-        let mut v: Vec<JobStatus> = self
-            .jobs
+    /// Ids of the jobs this replica has not finished.
+    pub fn running_here(&self) -> Vec<(String, Arc<AtomicBool>)> {
+        self.jobs
             .iter()
-            .filter_map(|e| e.status.lock().ok().map(|s| s.clone()))
-            .collect();
-        v.sort_by(|a, b| b.created_unix.cmp(&a.created_unix).then(b.id.cmp(&a.id)));
-        v
+            .filter(|e| e.status.lock().is_ok_and(|s| !s.ended()))
+            .map(|e| (e.key().clone(), e.cancel.clone()))
+            .collect()
     }
 
-    /// Number of jobs per state.
+    /// A job's state, wherever it runs; None when unknown.
+    pub fn status(&self, state: &AppState, id: &str) -> Result<Option<JobStatus>> {
+        if !crate::store::service::valid_name(id) {
+            return Ok(None);
+        }
+        if let Some(e) = self.local(id) {
+            return Ok(Some(
+                e.status.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            ));
+        }
+        records::read(state, id)
+    }
+
+    /// All jobs' states (every replica's), newest first.
+    pub fn list(&self, state: &AppState) -> Result<Vec<JobStatus>> {
+        let mut v = Vec::new();
+        for id in state.store.list_job_ids()? {
+            if let Some(st) = self.status(state, &id)? {
+                v.push(st);
+            }
+        }
+        v.sort_by(|a, b| b.created_unix.cmp(&a.created_unix).then(b.id.cmp(&a.id)));
+        Ok(v)
+    }
+
+    /// Applies cancellations of this replica's jobs asked for through other replicas.
+    pub fn apply_remote_cancels(&self, state: &AppState) {
+        records::apply_cancels(state, &self.running_here());
+    }
+
+    /// Number of this replica's jobs per state.
     pub fn counts(&self) -> Vec<(&'static str, usize)> {
         let mut c = [0usize; 5];
         for e in self.jobs.iter() {
@@ -426,8 +445,11 @@ impl JobManager {
             created_unix: crate::graft::unix_now(),
             started_unix: None,
             finished_unix: None,
+            replica: Some(state.store.replicas().id().to_string()),
         };
-        state.store.put_job(&id, &serde_json::to_vec(&status)?)?;
+        state
+            .store
+            .put_job(&id, &serde_json::to_vec(&status)?, PutMode::Overwrite)?;
         let (tx, _) = broadcast::channel(256);
         let entry = Arc::new(JobEntry {
             status: Mutex::new(status.clone()),
@@ -464,7 +486,10 @@ fn update(state: &AppState, entry: &JobEntry, f: impl FnOnce(&mut JobStatus)) {
         s.clone()
     };
     if let Ok(bytes) = serde_json::to_vec(&snapshot) {
-        if let Err(e) = state.store.put_job(&snapshot.id, &bytes) {
+        if let Err(e) = state
+            .store
+            .put_job(&snapshot.id, &bytes, PutMode::Overwrite)
+        {
             tracing::warn!("cannot persist job {}: {e:#}", snapshot.id);
         }
     }
@@ -597,10 +622,10 @@ pub fn prepare(state: &AppState, r: &LocalizationRequest) -> Result<Prepared> {
     }
     let base = &state.base;
     let given = r.head.as_ref().map(|h| h.spec(base, &task)).transpose()?;
-    let dir = state.store.checkpoint_dir(&r.checkpoint);
-    if !dir.is_dir() {
+    // From object storage, the checkpoint is fetched into this replica's cache first.
+    let Some(dir) = state.store.checkpoint_dir(&r.checkpoint)? else {
         bail!("`checkpoint`: no checkpoint `{}` (upload it to /v1/checkpoints; GET /v1/checkpoints lists them)", r.checkpoint);
-    }
+    };
     let finetuned = load_finetuned_with(
         &dir,
         &base.model,

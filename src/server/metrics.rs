@@ -124,6 +124,7 @@ impl HttpMetrics {
             }
         }
         let s = state.engine.stats();
+        let cache = state.registry.stats();
         let gauges = [
             (
                 "skillgraft_queue_depth",
@@ -194,8 +195,62 @@ impl HttpMetrics {
             (
                 "skillgraft_tasks",
                 "gauge",
-                "Registered tasks.",
-                state.tasks.len() as u64,
+                "Tasks in memory (loaded from the store on first use).",
+                cache.entries as u64,
+            ),
+            (
+                "skillgraft_task_cache_entries",
+                "gauge",
+                "Grafts held in memory.",
+                cache.entries as u64,
+            ),
+            (
+                "skillgraft_task_cache_bytes",
+                "gauge",
+                "Bytes of grafts held in memory (bounded by SKILLGRAFT_TASK_CACHE_BYTES).",
+                cache.bytes as u64,
+            ),
+            (
+                "skillgraft_task_cache_hits_total",
+                "counter",
+                "Task lookups answered from memory.",
+                cache.hits,
+            ),
+            (
+                "skillgraft_task_cache_misses_total",
+                "counter",
+                "Task lookups that read the store.",
+                cache.misses,
+            ),
+            (
+                "skillgraft_task_cache_evictions_total",
+                "counter",
+                "Grafts dropped from memory to stay within the budget.",
+                cache.evictions,
+            ),
+            (
+                "skillgraft_task_cache_invalidations_total",
+                "counter",
+                "Grafts dropped from memory because the task changed.",
+                cache.invalidations,
+            ),
+            (
+                "skillgraft_journal_seq",
+                "gauge",
+                "The last change record this replica applied.",
+                state.sync.seq.load(Ordering::Relaxed),
+            ),
+            (
+                "skillgraft_sync_errors_total",
+                "counter",
+                "Journal polls or heartbeats that failed (store unreachable).",
+                state.sync.errors.load(Ordering::Relaxed),
+            ),
+            (
+                "skillgraft_replicas_alive",
+                "gauge",
+                "Replicas with a live heartbeat, this one included.",
+                state.store.replicas().alive().len() as u64,
             ),
         ];
         for (name, kind, help, v) in gauges {

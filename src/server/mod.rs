@@ -4,7 +4,9 @@
 //! queue; they never touch tensors. Localization jobs run on their own threads with their own model copy.
 //! Errors become status codes in one place ([`error`]); every route is in the OpenAPI document ([`openapi`]),
 //! which also says who may call it ([`auth`]). Connections are served by [`listen`] (header-read timeout,
-//! connection cap, shutdown deadline).
+//! connection cap, shutdown deadline). State lives in a store that several replicas may share (a directory, or
+//! S3-compatible object storage); tasks are loaded from it on demand ([`registry`]), and the [`sync`] thread
+//! keeps this replica in step with the others.
 
 pub mod api;
 pub mod archive;
@@ -15,13 +17,15 @@ pub mod jobs;
 pub mod listen;
 pub mod metrics;
 pub mod openapi;
+pub mod registry;
+pub mod sync;
 pub mod ui;
 
 use crate::engine::{Engine, EngineConfig, ServedTask};
 use crate::graft::validate::BaseFacts;
 use crate::graft::Graft;
 use crate::model::BaseModel;
-use crate::store::service::{FsStore, Store};
+use crate::store::service::{ServiceStore, StoreSpec};
 use anyhow::Result;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
@@ -29,9 +33,10 @@ use axum::routing::{get, post, put};
 use axum::Router;
 use dashmap::DashMap;
 use error::ApiError;
+use registry::{Found, TaskRegistry};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,8 +45,16 @@ use std::time::Duration;
 pub struct ServerConfig {
     /// Listen address.
     pub addr: SocketAddr,
-    /// Data directory (tasks, checkpoints, jobs).
+    /// Local state directory: the store when none is named, else scratch space and a cache.
     pub data_dir: PathBuf,
+    /// Where tasks, checkpoints and job records live (a directory, or `s3://bucket/prefix`).
+    pub store: StoreSpec,
+    /// How often the change journal is read (a change elsewhere is served here within about this).
+    pub sync_interval: Duration,
+    /// Bytes of grafts kept in memory (least recently used out).
+    pub task_cache_bytes: usize,
+    /// A replica whose heartbeat is silent this long is gone (its jobs are reported failed).
+    pub replica_dead_after: Duration,
     /// Shared data sets (for built-in tasks in localization jobs and compositions).
     pub datasets_dir: PathBuf,
     /// API keys allowed to read (predict, list); empty = no authentication.
@@ -94,12 +107,14 @@ pub struct AppState {
     pub facts: BaseFacts,
     /// The engine.
     pub engine: Engine,
-    /// Persistence.
-    pub store: Arc<dyn Store>,
-    /// Registered tasks.
-    pub tasks: DashMap<String, Arc<ServedTask>>,
-    /// Stored tasks that could not be loaded, with the reason.
-    pub failed: DashMap<String, String>,
+    /// Persistence (shared with the other replicas).
+    pub store: Arc<ServiceStore>,
+    /// Tasks in memory, loaded on demand.
+    pub registry: TaskRegistry,
+    /// The sync thread's counters.
+    pub sync: sync::SyncStats,
+    /// Set on shutdown (stops the sync thread, which then removes the heartbeat).
+    pub stopping: Arc<AtomicBool>,
     /// Localization jobs.
     pub jobs: jobs::JobManager,
     /// HTTP metrics.
@@ -111,24 +126,39 @@ pub struct AppState {
     /// Set once the store was read at start.
     pub ready: AtomicBool,
     name_locks: DashMap<String, Arc<Mutex<()>>>,
-    next_version: AtomicU64,
 }
 
 impl AppState {
     /// A version number never used before (cache key of engine-side heads).
     pub fn fresh_version(&self) -> u64 {
-        self.next_version.fetch_add(1, Ordering::Relaxed)
+        self.registry.fresh_version()
     }
 
-    fn register(&self, name: &str, graft: Graft) -> Arc<ServedTask> {
-        let t = Arc::new(ServedTask {
-            name: name.to_string(),
-            graft,
-            version: self.fresh_version(),
-        });
-        self.tasks.insert(name.to_string(), t.clone());
-        self.failed.remove(name);
-        t
+    /// What is stored under task `name`: from memory, or read from the store (blocking I/O on a miss) and
+    /// kept in memory when `keep`.
+    pub fn find(&self, name: &str, keep: bool) -> Result<Found, ApiError> {
+        if !crate::store::service::valid_name(name) {
+            return Ok(Found::Missing);
+        }
+        if let Some(f) = self.registry.cached(name) {
+            return Ok(f);
+        }
+        let check = |b: &[u8]| self.check_graft(b).map_err(|e| self.redact(&e.message));
+        blocking_io(|| self.registry.lookup(&self.store, name, &check, keep))
+            .map_err(ApiError::internal)
+    }
+
+    /// Task `name`, loaded on a miss; 404 when not stored, 409 when stored but not servable.
+    pub fn task(&self, name: &str) -> Result<Arc<ServedTask>, ApiError> {
+        match self.find(name, true)? {
+            Found::Task(t) => Ok(t),
+            Found::Failed(why) => Err(ApiError::conflict(format!(
+                "task `{name}` is stored but cannot be served: {why} (import a valid graft or delete it)"
+            ))),
+            Found::Missing => Err(ApiError::not_found(format!(
+                "unknown task `{name}` (GET /v1/tasks lists them)"
+            ))),
+        }
     }
 
     /// The lock that serializes every write (import, job result, composition, delete) to task `name`.
@@ -159,10 +189,11 @@ impl AppState {
         check_name(name)?;
         let lock = self.name_lock(name);
         let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let ticket = self.registry.ticket();
         self.store
             .put_task(name, bytes)
             .map_err(ApiError::internal)?;
-        Ok(self.register(name, graft))
+        Ok(self.registry.stored(name, graft, ticket))
     }
 
     /// Validates a graft against the base, stores it atomically, and registers it.
@@ -172,18 +203,25 @@ impl AppState {
         self.store_task(name, bytes, graft)
     }
 
-    /// Deletes a task (registered or failed to load) from disk and registry; false when unknown.
+    /// Deletes a task (served or not servable) from the store and memory; false when not stored.
     pub fn remove_task(&self, name: &str) -> Result<bool, ApiError> {
-        let lock = self.name_lock(name);
-        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
-        let known = self.tasks.contains_key(name) || self.failed.contains_key(name);
-        if !known {
+        if !crate::store::service::valid_name(name) {
             return Ok(false);
         }
-        self.store.delete_task(name).map_err(ApiError::internal)?;
-        self.tasks.remove(name);
-        self.failed.remove(name);
-        Ok(true)
+        let lock = self.name_lock(name);
+        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let deleted = self.store.delete_task(name).map_err(ApiError::internal)?;
+        self.registry.invalidate([name]);
+        Ok(deleted)
+    }
+
+    /// Stops the sync thread, which removes this replica's heartbeat (its unfinished jobs are then reported
+    /// failed by the others at once).
+    pub fn shutdown(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        if let Err(e) = self.store.replicas().leave() {
+            tracing::warn!("cannot remove this replica's heartbeat: {e:#}");
+        }
     }
 
     /// `message` with absolute server paths replaced by placeholders.
@@ -210,10 +248,28 @@ fn check_name(name: &str) -> Result<(), ApiError> {
     }
 }
 
-/// Builds the state: opens the store, loads every stored task (those that fail are reported, not served),
-/// starts the engine.
+/// Runs blocking I/O from a handler: on the multi-threaded runtime without stalling its other tasks.
+fn blocking_io<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+/// Builds the state: opens the store (tasks load on demand), settles jobs of replicas that are gone, starts
+/// the engine and the sync thread.
 pub fn build_state(base: BaseModel, config: ServerConfig) -> Result<Arc<AppState>> {
-    let store: Arc<dyn Store> = Arc::new(FsStore::open(&config.data_dir)?);
+    let replica = crate::store::replicas::new_replica_id();
+    let store = Arc::new(ServiceStore::open(
+        &config.store,
+        &config.data_dir,
+        replica,
+        config.replica_dead_after,
+    )?);
+    store.replicas().beat()?;
+    let start_seq = store.journal().head()?;
     let engine = Engine::start(&base, config.engine.clone())?;
     let facts = BaseFacts::of(&base.model)?;
     let state = Arc::new(AppState {
@@ -222,36 +278,33 @@ pub fn build_state(base: BaseModel, config: ServerConfig) -> Result<Arc<AppState
         facts,
         engine,
         store: store.clone(),
-        tasks: DashMap::new(),
-        failed: DashMap::new(),
+        registry: TaskRegistry::new(config.task_cache_bytes),
+        sync: sync::SyncStats::default(),
+        stopping: Arc::new(AtomicBool::new(false)),
         metrics: metrics::HttpMetrics::default(),
         keys: auth::Keys::new(&config.api_keys, &config.admin_keys),
         access: auth::AccessTable::from_document(openapi::document_value())
             .with_public_pages(ui::PUBLIC_ROUTES),
         ready: AtomicBool::new(false),
         name_locks: DashMap::new(),
-        next_version: AtomicU64::new(1),
         config,
     });
-    for name in store.list_tasks()? {
-        let loaded = store
-            .get_task(&name)
-            .map_err(|e| ApiError::internal(format!("{e:#}")))
-            .and_then(|b| b.ok_or_else(|| ApiError::not_found("the file disappeared")))
-            .and_then(|b| state.check_graft(&b));
-        match loaded {
-            Ok(g) => {
-                state.register(&name, g);
-            }
-            Err(e) => {
-                let why = state.redact(&e.message);
-                tracing::error!("stored task `{name}` cannot be served: {why}");
-                state.failed.insert(name, why);
-            }
-        }
-    }
+    tracing::info!(
+        "store {} (replica {}), journal at {start_seq}",
+        store.location(),
+        store.replicas().id()
+    );
     state.jobs.load(&state)?;
     store.check()?;
+    sync::start(
+        Arc::downgrade(&state),
+        start_seq,
+        sync::SyncConfig {
+            interval: state.config.sync_interval,
+            heartbeat: (state.config.replica_dead_after / 5).max(Duration::from_millis(200)),
+        },
+        state.stopping.clone(),
+    );
     state.ready.store(true, Ordering::Relaxed);
     Ok(state)
 }

@@ -2,6 +2,11 @@
 //! directory, fsync, rename over the target, fsync of the directory — so a crash never leaves a half-written
 //! file under the final name.
 
+pub mod blob;
+pub mod cache;
+pub mod journal;
+pub mod object;
+pub mod replicas;
 pub mod service;
 
 use anyhow::{Context, Result};
@@ -37,30 +42,9 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Suffix of every temporary file and directory the store creates (removed at start-up when left over).
+/// Suffix of every temporary file and directory the store creates (old ones are removed when a directory store
+/// opens: [`blob::DirStore::remove_stale_temporaries`]).
 pub const TEMP_SUFFIX: &str = ".tmp";
-
-/// Removes leftovers of interrupted writes in `dir`: hidden entries (`.<name>…`) — no stored name starts with
-/// a dot. Returns how many were removed.
-pub fn remove_stale_temporaries(dir: &Path) -> usize {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return 0;
-    };
-    let mut removed = 0;
-    for e in entries.flatten() {
-        if !e.file_name().to_string_lossy().starts_with('.') {
-            continue;
-        }
-        let p = e.path();
-        if fs::remove_dir_all(&p)
-            .or_else(|_| fs::remove_file(&p))
-            .is_ok()
-        {
-            removed += 1;
-        }
-    }
-    removed
-}
 
 /// Best-effort fsync of a directory (makes a rename durable on Linux).
 pub fn sync_dir(dir: &Path) {
@@ -196,10 +180,6 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 1, "{names:?}");
-        std::fs::write(dir.join(".a.json.x1.tmp"), b"half").unwrap();
-        std::fs::create_dir_all(dir.join(".d.y2.tmp")).unwrap();
-        assert_eq!(remove_stale_temporaries(&dir), 2);
-        assert!(p.is_file());
         let d = dir.join("out");
         atomic_dir(&d, false, |t| atomic_write(&t.join("x"), b"1")).unwrap();
         assert!(

@@ -126,6 +126,16 @@ pub struct Server {
 impl Server {
     /// Starts the server on a free loopback port and waits until it listens.
     pub fn start(model: &Path, state: &Path, extra: &[&str]) -> Server {
+        Self::start_env(model, state, extra, &[])
+    }
+
+    /// [`Server::start`] with extra environment variables.
+    pub fn start_env(
+        model: &Path,
+        state: &Path,
+        extra: &[&str],
+        env: &[(String, String)],
+    ) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_skillgraft"))
             .args(["serve", "--addr", "127.0.0.1:0", "--model"])
             .arg(model)
@@ -133,6 +143,7 @@ impl Server {
             .arg(state)
             .args(extra)
             .env("SKILLGRAFT_DATA_DIR", super::data_dir())
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()

@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod grafts;
 pub mod http;
+pub mod s3;
 
 use std::path::PathBuf;
 

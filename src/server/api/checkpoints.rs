@@ -261,11 +261,19 @@ pub async fn get_checkpoint(
     State(s): St,
     Path(id): Path<String>,
 ) -> ApiResult<Json<CheckpointInfo>> {
-    let dir = s.store.checkpoint_dir(&id);
-    if !crate::store::service::valid_name(&id) || !dir.is_dir() {
+    if !crate::store::service::valid_name(&id) {
         return Err(ApiError::not_found(format!("no checkpoint `{id}`")));
     }
-    blocking(move || describe(&dir, id).map(Json)).await
+    let store = s.store.clone();
+    blocking(move || {
+        // From object storage, the checkpoint is fetched into this replica's cache first.
+        let dir = store
+            .checkpoint_dir(&id)
+            .map_err(ApiError::internal)?
+            .ok_or_else(|| ApiError::not_found(format!("no checkpoint `{id}`")))?;
+        describe(&dir, id).map(Json)
+    })
+    .await
 }
 
 /// All uploaded checkpoints.
@@ -274,10 +282,14 @@ pub async fn get_checkpoint(
 pub async fn list_checkpoints(State(s): St) -> ApiResult<Json<Vec<CheckpointInfo>>> {
     blocking(move || {
         let ids = s.store.list_checkpoints().map_err(ApiError::internal)?;
-        ids.into_iter()
-            .map(|id| describe(&s.store.checkpoint_dir(&id), id))
-            .collect::<ApiResult<Vec<_>>>()
-            .map(Json)
+        let mut out = Vec::new();
+        for id in ids {
+            // A checkpoint deleted since the listing is left out.
+            if let Some(dir) = s.store.checkpoint_dir(&id).map_err(ApiError::internal)? {
+                out.push(describe(&dir, id)?);
+            }
+        }
+        Ok(Json(out))
     })
     .await
 }

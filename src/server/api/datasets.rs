@@ -1,8 +1,9 @@
 //! Uploaded data sets: a CSV, TSV, JSON-lines or `LABEL SENTENCE` file streamed to a scratch file (capped at
-//! `max_dataset_bytes`), checked and normalized off the runtime ([`crate::data::dataset`]), stored through
-//! the [`Store`](crate::store::service::Store) beside tasks by content hash; listed with the built-in data
-//! sets (`GET /v1/datasets`), deleted. Localization jobs and evaluations refer to them by id. The JSON
-//! Schema of task specs is served here too.
+//! `max_dataset_bytes`), checked and normalized off the runtime ([`crate::data::dataset`]), stored by
+//! content hash through the service's store ([`ServiceStore`](crate::store::service::ServiceStore): a
+//! directory or object storage, shared by every replica) beside tasks; listed with the built-in data sets
+//! (`GET /v1/datasets`), deleted. Localization jobs and evaluations refer to them by id. The JSON Schema of
+//! task specs is served here too.
 
 use super::{blocking, St};
 use crate::data::dataset::{normalize, DatasetInfo, DatasetOptions};

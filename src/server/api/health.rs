@@ -26,14 +26,14 @@ pub async fn health() -> Json<Health> {
     })
 }
 
-/// Readiness, and how many stored tasks could not be loaded.
+/// Readiness, and how many of the tasks loaded so far could not be served.
 #[derive(Serialize, ToSchema)]
 pub struct Readiness {
     /// `ready`, or `degraded` when some stored tasks cannot be served (`GET /v1/tasks` says which and why).
     pub status: String,
-    /// Tasks being served.
+    /// Tasks in memory (tasks load from the store on first use).
     pub tasks: usize,
-    /// Stored tasks that failed to load.
+    /// Stored tasks found not servable (among those loaded so far).
     pub tasks_failed: usize,
 }
 
@@ -51,10 +51,10 @@ pub async fn ready(State(s): St) -> ApiResult<Json<Readiness>> {
             .map_err(|e| ApiError::new(ErrorKind::Unavailable, format!("store not usable: {e:#}")))
     })
     .await?;
-    let failed = s.failed.len();
+    let (tasks, failed) = s.registry.counts();
     Ok(Json(Readiness {
         status: if failed == 0 { "ready" } else { "degraded" }.into(),
-        tasks: s.tasks.len(),
+        tasks,
         tasks_failed: failed,
     }))
 }
@@ -88,8 +88,12 @@ pub struct Info {
     pub threads: usize,
     /// Threads per localization job.
     pub job_threads: usize,
-    /// Registered tasks.
+    /// Tasks in memory (tasks load from the store on first use).
     pub tasks: usize,
+    /// Where tasks, checkpoints and jobs are stored (a directory, or `s3://bucket/prefix`).
+    pub store: String,
+    /// This replica's id (its heartbeat in the store).
+    pub replica: String,
     /// Real tokens one request may hold at most (predict, evaluate, composition data).
     pub max_request_tokens: usize,
     /// Texts one prediction request may hold at most.
@@ -112,7 +116,12 @@ pub async fn info(State(s): St) -> ApiResult<Json<Info>> {
         device: format!("{:?}", s.base.device),
         threads: s.config.engine.threads,
         job_threads: s.config.job_threads,
-        tasks: s.tasks.len(),
+        tasks: s.registry.counts().0,
+        store: match &s.config.store {
+            crate::store::service::StoreSpec::Dir(_) => "directory".into(),
+            crate::store::service::StoreSpec::S3(url) => url.clone(),
+        },
+        replica: s.store.replicas().id().to_string(),
         max_request_tokens: s.config.max_request_tokens,
         max_batch_inputs: s.config.max_batch_inputs,
         version: env!("CARGO_PKG_VERSION").into(),

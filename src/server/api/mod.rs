@@ -21,20 +21,9 @@ use std::sync::Arc;
 
 type St = State<Arc<AppState>>;
 
-/// A registered task; 404 when unknown, 409 when it is stored but failed to load.
+/// A stored task (loaded on a miss); 404 when unknown, 409 when it is stored but cannot be served.
 fn task(s: &AppState, name: &str) -> ApiResult<Arc<ServedTask>> {
-    if let Some(t) = s.tasks.get(name) {
-        return Ok(t.clone());
-    }
-    if let Some(why) = s.failed.get(name) {
-        return Err(ApiError::conflict(format!(
-            "task `{name}` is stored but cannot be served: {} (import a valid graft or delete it)",
-            why.value()
-        )));
-    }
-    Err(ApiError::not_found(format!(
-        "unknown task `{name}` (GET /v1/tasks lists them)"
-    )))
+    s.task(name)
 }
 
 /// Class names of a task (`LABEL_i` when the graft names none).

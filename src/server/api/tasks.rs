@@ -7,6 +7,7 @@ use super::{
 };
 use crate::engine::ServedTask;
 use crate::server::error::{ApiError, ApiResult, ErrorBody};
+use crate::server::registry::Found;
 use crate::server::AppState;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -104,27 +105,47 @@ fn failed_summary(name: &str, error: &str) -> TaskSummary {
     }
 }
 
-/// All stored tasks: those served (`state: ready`) and those that failed to load (`state: failed`, `error`).
+/// All stored tasks: those served (`state: ready`) and those that cannot be (`state: failed`, `error`). Each
+/// stored graft is read (tasks not in memory are not kept there), so this costs one store read per task.
 #[utoipa::path(get, path = "/v1/tasks", security(("api_key" = ["read"])), responses((status = 200, body = Vec<TaskSummary>)))]
-pub async fn list_tasks(State(s): St) -> Json<Vec<TaskSummary>> {
-    let mut v: Vec<TaskSummary> = s.tasks.iter().map(|t| summary(&t)).collect();
-    v.extend(s.failed.iter().map(|f| failed_summary(f.key(), f.value())));
-    v.sort_by(|a, b| a.name.cmp(&b.name));
-    Json(v)
+pub async fn list_tasks(State(s): St) -> ApiResult<Json<Vec<TaskSummary>>> {
+    let st = s.clone();
+    let v = blocking(move || {
+        let mut v = Vec::new();
+        for name in st.store.list_tasks().map_err(ApiError::internal)? {
+            // Deleted between the listing and the read: not listed.
+            if let Some(t) = describe(&st, &name, false)? {
+                v.push(t);
+            }
+        }
+        v.sort_by(|a: &TaskSummary, b| a.name.cmp(&b.name));
+        Ok(v)
+    })
+    .await?;
+    Ok(Json(v))
 }
 
-fn describe(s: &AppState, name: &str) -> ApiResult<TaskSummary> {
-    if let Some(why) = s.failed.get(name) {
-        return Ok(failed_summary(name, why.value()));
-    }
-    Ok(summary(&*task(s, name)?))
+/// The summary of what is stored under `name` (kept in memory when `keep`); None when nothing is.
+fn describe(s: &AppState, name: &str, keep: bool) -> ApiResult<Option<TaskSummary>> {
+    Ok(match s.find(name, keep)? {
+        Found::Task(t) => Some(summary(&t)),
+        Found::Failed(why) => Some(failed_summary(name, &why)),
+        Found::Missing => None,
+    })
 }
 
 /// One task: labels, head, graft size, stored metrics, temperature (or why it failed to load).
 #[utoipa::path(get, path = "/v1/tasks/{name}", security(("api_key" = ["read"])), params(("name" = String, Path)),
     responses((status = 200, body = TaskSummary), (status = 404, body = ErrorBody)))]
 pub async fn get_task(State(s): St, Path(name): Path<String>) -> ApiResult<Json<TaskSummary>> {
-    Ok(Json(describe(&s, &name)?))
+    let st = s.clone();
+    let n = name.clone();
+    blocking(move || describe(&st, &n, true))
+        .await?
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::not_found(format!("unknown task `{name}` (GET /v1/tasks lists them)"))
+        })
 }
 
 /// Import a graft file made elsewhere (e.g. by `skillgraft localize`) as task `name`, replacing it. The
@@ -156,6 +177,7 @@ pub async fn get_graft(State(s): St, Path(name): Path<String>) -> ApiResult<impl
         store
             .get_task(&name)
             .map_err(ApiError::internal)?
+            .map(|(bytes, _)| bytes)
             .ok_or_else(|| ApiError::not_found(format!("unknown task `{name}`")))
     })
     .await?;
