@@ -1,6 +1,7 @@
 //! skillgraft: serve many fine-tuned tasks from one pre-trained transformer by grafting each task's
 //! sparse skill region (Panigrahi et al., ICML 2023) onto the shared base model.
 
+pub mod calibration;
 pub mod cli;
 pub mod data;
 pub mod engine;

@@ -178,6 +178,26 @@ fn finetune_localize_evaluate_overlap_compose_export() {
     assert_eq!(r["results"]["sst2"].as_array().unwrap().len(), 4);
     assert_eq!(r["results"]["mr"].as_array().unwrap().len(), 4);
     assert_eq!(r["results"]["sst2"][0]["test"]["ece_bins"], 15);
+    // The graft row is the graft itself (what the engine serves), and the base patch is sized by the budget.
+    let row = |name: &str| {
+        r["results"]["sst2"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} row"))
+            .clone()
+    };
+    assert!(
+        (row("graft")["test"]["accuracy"].as_f64().unwrap() - p32["accuracy"].as_f64().unwrap())
+            .abs()
+            < 1e-9,
+        "evaluate's graft row {} vs the engine {}",
+        row("graft")["test"]["accuracy"],
+        p32["accuracy"]
+    );
+    assert_eq!(row("graft")["size"].as_u64(), Some(size));
+    assert_eq!(row("base patch")["size"], r["budget"]);
 
     // A second task for overlap and composition.
     let ft2 = p("ft-subj");

@@ -318,6 +318,39 @@ fn two_replicas_on_one_bucket_agree_on_creates_replaces_and_deletes_within_the_b
         until(BOUND, || predict(&a, "shared").status == 200).expect("A never saw B's create");
     assert_eq!(probabilities(&predict(&a, "shared")), first);
     eprintln!("create on B seen by A after {} ms", back.as_millis());
+
+    // Data sets live in the bucket too: uploaded on A, read and listed on B, deleted on B, gone on A.
+    let r = a.call(
+        "POST",
+        "/v1/datasets?filename=tone.csv",
+        b"text,label\nfine work,praise\nawful,complaint\nit rains,fact\ngood,praise\nbad,complaint\nrain,fact\n",
+        "text/csv",
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let got = b.get(&format!("/v1/datasets/{id}"));
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(
+        got.json()["labels"],
+        serde_json::json!(["complaint", "fact", "praise"])
+    );
+    let listed = b.get("/v1/datasets").json();
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["id"] == id.as_str()),
+        "{listed}"
+    );
+    let r = b.call(
+        "DELETE",
+        &format!("/v1/datasets/{id}"),
+        b"",
+        "application/json",
+    );
+    assert_eq!(r.status, 204);
+    assert_eq!(a.get(&format!("/v1/datasets/{id}")).status, 404);
     a.stop();
     b.stop();
     let _ = std::fs::remove_dir_all(&dir);

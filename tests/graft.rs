@@ -266,8 +266,12 @@ fn refit_keeps_the_base_patch_and_lowers_the_training_loss() {
         "refit keeps the base patch's coordinates"
     );
     assert_eq!(r.history.len(), 5, "epoch 0 plus four epochs");
-    let first = r.history[1].loss;
-    let last = r.history[4].loss;
+    assert_eq!(
+        r.history[0].loss, None,
+        "the starting mask has no training loss"
+    );
+    let first = r.history[1].loss.expect("epoch 1 has a training loss");
+    let last = r.history[4].loss.expect("epoch 4 has a training loss");
     assert!(
         last < first,
         "training only the graft lowers the training loss: {first} → {last}"
@@ -316,6 +320,40 @@ fn localization_is_deterministic_and_methods_respect_the_budget() {
     assert_eq!(a.mask, b.mask, "same seed, same graft");
     assert_eq!(a.history.len(), 4, "epoch 0 plus three epochs");
     assert_eq!(a.base_patch.len(), budget);
+    assert!(
+        a.mask.len() <= budget,
+        "the paper's method stays within the budget ({} > {budget})",
+        a.mask.len()
+    );
+    // A mask learning rate at which the paper's rounded mask grows past the budget (1e10 here): it is
+    // projected back onto the budget, the history says how large it grew, and --allow-growth keeps it.
+    let fast = LocalizeOptions {
+        lr: 1e10,
+        ..opts(Method::Paper)
+    };
+    let p = localize(&m, &s.split, &fast, &mut |_| {}).unwrap();
+    let grew = p.history.iter().filter_map(|e| e.unprojected_size).max();
+    assert!(
+        grew.is_some_and(|g| g > budget),
+        "the rounded mask grows: {:?}",
+        p.history
+    );
+    assert!(
+        p.mask.len() <= budget,
+        "projected onto the budget: {}",
+        p.mask.len()
+    );
+    let grown = LocalizeOptions {
+        allow_growth: true,
+        ..fast
+    };
+    let g = localize(&m, &s.split, &grown, &mut |_| {}).unwrap();
+    assert!(g.history.iter().all(|e| e.unprojected_size.is_none()));
+    assert!(
+        g.history.iter().any(|e| e.mask_size > budget),
+        "--allow-growth lets the mask grow: {:?}",
+        g.history
+    );
     for method in [
         Method::Magnitude,
         Method::Saliency,

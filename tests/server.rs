@@ -201,7 +201,7 @@ fn service_end_to_end_over_http() {
         "POST",
         "/v1/localizations",
         &json!({"checkpoint": ckpt, "task_name": "sst2", "task": "sst2",
-        "k": 8, "max_test": 40, "epochs": 2}),
+        "k": 8, "max_test": 40, "epochs": 2, "calibration": "temperature"}),
     );
     assert_eq!(r.status, 202, "{}", r.text());
     let job = r.json()["id"].as_str().unwrap().to_string();
@@ -253,6 +253,12 @@ fn service_end_to_end_over_http() {
     assert!((total - 1.0).abs() < 1e-9);
     assert_eq!(p["predictions"][0]["logits"].as_array().unwrap().len(), 2);
     assert_eq!(p["calibration"], "temperature");
+    assert!(
+        p["calibration_reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("policy temperature")),
+        "{p}"
+    );
     let p = s
         .json(
             "POST",

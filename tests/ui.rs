@@ -138,6 +138,10 @@ fn graft_of(model: &Path, work: &Path, task: &str, methods: &[&str]) -> (PathBuf
                     "40",
                     "--method",
                     m,
+                    // K = 8 gives too few dev examples for the default (cross-validated) policy to apply a
+                    // temperature; the explorer's calibrated views are tested with one applied.
+                    "--calibration",
+                    "temperature",
                 ],
             );
             out
@@ -233,7 +237,7 @@ fn explorer_api(s: &Server, sst2_graft: &Path) {
     assert_eq!(sets.as_array().unwrap().len(), 6);
     assert_eq!(
         sets[0],
-        json!({"name": "sst2", "labels": ["negative", "positive"], "available": true})
+        json!({"name": "sst2", "labels": ["negative", "positive"], "available": true, "kind": "builtin"})
     );
 
     let p = s.get("/v1/tasks/sst2/placement").json();

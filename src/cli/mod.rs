@@ -4,31 +4,31 @@
 mod bench;
 mod bench_serve;
 mod bench_worker;
+mod compose;
 mod engine_bench;
+mod evaluate;
 mod healthcheck;
 mod predict;
 mod selfcheck;
+mod study;
 mod synthetic;
 mod table;
+mod task;
 
-use crate::data::{self, FewShotSplit, TaskSpec};
-use crate::graft::evaluate::{evaluate_variants, Variant};
+use crate::data::{self, FewShotSplit, SplitRule, TaskSpec};
 use crate::graft::job::LocalizationJob;
-use crate::graft::localize::{GraftableModel, LocalizeOptions, Method};
-use crate::graft::overlap::{compose, overlap, ConflictRule};
-use crate::graft::{unix_now, FlatRegion, Graft, RegionSpec};
-use crate::model::export::{load_finetuned, write_hf_dir};
-use crate::model::{BaseModel, HeadKind};
+use crate::graft::localize::{LocalizeOptions, Method};
+use crate::graft::RegionSpec;
+use crate::model::export::{load_finetuned_with, write_hf_dir};
+use crate::model::{BaseModel, HeadKind, HeadSpec};
 use crate::train::optim::OptimizerConfig;
 use crate::train::{finetune, FinetuneOptions, Progress, TrainScope};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use table::Table;
 
 /// skillgraft: one pre-trained transformer, many tasks as sparse grafts.
 #[derive(Parser, Debug)]
@@ -45,15 +45,18 @@ enum Command {
     /// Find a fine-tuned checkpoint's graft (the sparse skill region) and write the graft file.
     Localize(LocalizeArgs),
     /// Evaluate a graft side by side with base+head (and base patch / fine-tuned when given the checkpoint).
-    Evaluate(EvaluateArgs),
+    Evaluate(evaluate::EvaluateArgs),
+    /// Task specs: write a starting spec from a data file, check a spec against its data, print the schema.
+    #[command(subcommand)]
+    Task(task::TaskCommand),
     /// Overlap of several tasks' grafts (counts, Jaccard, containment, where they live).
-    Overlap(OverlapArgs),
+    Overlap(compose::OverlapArgs),
     /// Compose grafts into one (union) and report each task's accuracy under it.
-    Compose(ComposeArgs),
+    Compose(compose::ComposeArgs),
     /// Write base + graft as an HF directory.
-    Export(ExportArgs),
+    Export(compose::ExportArgs),
     /// Describe a model directory or a graft file.
-    Info(InfoArgs),
+    Info(compose::InfoArgs),
     /// A task's predictions through the serving engine (any device, any precision), with accuracy on its test
     /// split when no texts are given.
     Predict(predict::PredictArgs),
@@ -71,86 +74,11 @@ enum Command {
     /// Drive a server (started as a second process) with 1 vs many tasks: throughput, latency, memory.
     BenchServe(bench_serve::BenchServeArgs),
     /// Run a resumable grid of fine-tunes and localizations and write a Markdown report.
-    Study(StudyArgs),
+    Study(study::StudyArgs),
     /// Write a random graft for the base model (smoke tests of a deployment, benchmarks).
     Synthetic(synthetic::SyntheticArgs),
     /// Exit 0 when the server on this machine answers /health (or /ready): a container health check.
     Healthcheck(healthcheck::HealthcheckArgs),
-}
-
-/// Options of `skillgraft study` (lists are comma-separated).
-#[derive(Args, Debug)]
-struct StudyArgs {
-    #[command(flatten)]
-    model: ModelArgs,
-    /// Tasks.
-    #[arg(long, value_delimiter = ',', default_value = "sst2,mr,cr,subj")]
-    tasks: Vec<String>,
-    /// Few-shot seeds.
-    #[arg(long, value_delimiter = ',', default_value = "13,21,42")]
-    seeds: Vec<u64>,
-    /// Examples per class.
-    #[arg(long, value_delimiter = ',', default_value = "16")]
-    ks: Vec<usize>,
-    /// Head protocols.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "prototype")]
-    heads: Vec<HeadKind>,
-    /// Fine-tuning optimizers: sgd, adamw, adamw-l1.
-    #[arg(long, value_delimiter = ',', default_value = "sgd")]
-    optimizers: Vec<String>,
-    /// Localization methods.
-    #[arg(
-        long,
-        value_enum,
-        value_delimiter = ',',
-        default_value = "magnitude,paper,l1,saliency,refit"
-    )]
-    methods: Vec<Method>,
-    /// Graft budgets.
-    #[arg(long, value_delimiter = ',', default_value = "1e-4,1e-3")]
-    sparsities: Vec<f64>,
-    /// Fine-tuning steps.
-    #[arg(long, default_value_t = 500)]
-    steps: usize,
-    /// Dev evaluation interval.
-    #[arg(long, default_value_t = 50)]
-    eval_every: usize,
-    /// Mask-optimization epochs.
-    #[arg(long, default_value_t = 10)]
-    epochs: usize,
-    /// Test-set cap per task.
-    #[arg(long)]
-    max_test: Option<usize>,
-    /// Cache of fine-tunes and finished cells (a rerun continues from it).
-    #[arg(long)]
-    cache_dir: Option<PathBuf>,
-    /// Data sets.
-    #[arg(long, env = "SKILLGRAFT_DATA_DIR")]
-    data_dir: Option<PathBuf>,
-    /// Method of the grafts the analyses use (calibration, out of distribution, overlap, composition).
-    #[arg(long, value_enum, default_value = "paper")]
-    analysis_method: Method,
-    /// Budget of the analysed grafts.
-    #[arg(long, default_value_t = 1e-4)]
-    analysis_sparsity: f64,
-    /// Out-of-distribution pairs source:target (comma-separated; "" for none).
-    #[arg(long, value_delimiter = ',', default_value = "sst2:mr,sst2:cr")]
-    ood: Vec<String>,
-    /// Composition pairs a:b (comma-separated; "" for none).
-    #[arg(long, value_delimiter = ',', default_value = "sst2:subj,mr:cr")]
-    pairs: Vec<String>,
-    /// A JSON study configuration (several grids, analyses); replaces the grid and analysis flags.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Write the report from what the cache already holds; train and localize nothing.
-    #[arg(long)]
-    cached_only: bool,
-    /// The Markdown report (plots go to `plots/` beside it).
-    #[arg(long, default_value = "docs/RESULTS.md")]
-    report: PathBuf,
-    /// All cells as JSON.
-    #[arg(long, default_value = "docs/results.json")]
-    results_json: PathBuf,
 }
 
 /// Options of `skillgraft serve` (every flag also reads an environment variable).
@@ -197,6 +125,9 @@ struct ServeArgs {
     /// Largest graft import (PUT /v1/tasks/{name}/graft), bytes.
     #[arg(long, env = "SKILLGRAFT_MAX_GRAFT_BYTES", default_value_t = 16 << 20)]
     max_graft_bytes: usize,
+    /// Largest data set upload (POST /v1/datasets), bytes.
+    #[arg(long, env = "SKILLGRAFT_MAX_DATASET_BYTES", default_value_t = 64 << 20)]
+    max_dataset_bytes: usize,
     /// Most entries in an uploaded checkpoint archive.
     #[arg(long, env = "SKILLGRAFT_MAX_ARCHIVE_ENTRIES", default_value_t = 64)]
     max_archive_entries: usize,
@@ -281,21 +212,50 @@ pub struct DataArgs {
     /// Built-in task: sst2, sst5, mr, cr, mpqa, subj.
     #[arg(long)]
     task: Option<String>,
-    /// A task spec JSON file (instead of --task).
+    /// A task spec JSON file (instead of --task; see "Task specs" in the README, `skillgraft task init`).
     #[arg(long)]
     task_spec: Option<PathBuf>,
-    /// Directory of the data sets.
+    /// Directory of the data sets of built-in tasks.
     #[arg(long, env = "SKILLGRAFT_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Examples per class for train and for dev.
+    /// How train and dev are made: few-shot (K per class drawn with --seed) or given (the data's own
+    /// train/dev/test splits, as they are).
+    #[arg(long, value_parser = ["few-shot", "given"], default_value = "few-shot")]
+    split: String,
+    /// Examples per class for train and for dev (few-shot split).
     #[arg(long, default_value_t = 16)]
     k: usize,
+    /// Take at most half of a class that has fewer than 2K examples instead of refusing (few-shot split).
+    #[arg(long)]
+    cap_k: bool,
     /// Few-shot sampling seed.
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Cap the test set (deterministic subsample) for quick runs.
     #[arg(long)]
     max_test: Option<usize>,
+}
+
+/// A head given for a checkpoint that does not say its own (e.g. a body fine-tuned with PyTorch behind a
+/// prototype head); checkpoints that carry a classifier or a skillgraft head manifest need none.
+#[derive(Args, Debug, Clone)]
+pub struct HeadArgs {
+    /// The checkpoint's head: prototype (built from the base and the task's label descriptions when the
+    /// checkpoint has no prototype tensor), bert-classifier, roberta-classifier, linear, prompt.
+    #[arg(long = "head")]
+    kind: Option<HeadKind>,
+    /// Prototype-head temperature τ.
+    #[arg(long = "head-temperature", default_value_t = 0.05)]
+    temperature: f64,
+}
+
+impl HeadArgs {
+    /// The head spec, when one was given.
+    fn spec(&self, base: &BaseModel, task: &TaskSpec) -> Result<Option<HeadSpec>> {
+        self.kind
+            .map(|k| base.head_spec(k, task, self.temperature, crate::model::Pooling::Cls))
+            .transpose()
+    }
 }
 
 #[derive(Args, Debug)]
@@ -415,88 +375,21 @@ struct LocalizeArgs {
     /// Seed of the mask initialisation.
     #[arg(long, default_value_t = 0)]
     mask_seed: u64,
+    /// Let the paper's method return more parameters than the budget (its rounded mask grows freely, as
+    /// in the paper); by default the mask is projected onto the budget's top-k by inclusion probability.
+    #[arg(long)]
+    allow_growth: bool,
     #[command(flatten)]
     region: RegionArgs,
     /// ECE bins.
     #[arg(long, default_value_t = 10)]
     bins: usize,
-}
-
-#[derive(Args, Debug)]
-struct EvaluateArgs {
     #[command(flatten)]
-    model: ModelArgs,
-    #[command(flatten)]
-    data: DataArgs,
-    /// The graft file.
-    #[arg(long)]
-    graft: PathBuf,
-    /// The fine-tuned checkpoint, to add the base patch and fine-tuned rows.
-    #[arg(long)]
-    finetuned: Option<PathBuf>,
-    /// Evaluate on another task with the same labels (out of distribution), e.g. mr, cr.
-    #[arg(long)]
-    eval_task: Vec<String>,
-    /// ECE bins.
-    #[arg(long, default_value_t = 10)]
-    bins: usize,
-}
-
-#[derive(Args, Debug)]
-struct OverlapArgs {
-    #[command(flatten)]
-    model: ModelArgs,
-    /// Graft files.
-    #[arg(required = true, num_args = 1..)]
-    grafts: Vec<PathBuf>,
-}
-
-#[derive(Args, Debug)]
-struct ComposeArgs {
-    #[command(flatten)]
-    model: ModelArgs,
-    /// Graft files (order matters for last-wins).
-    #[arg(required = true, num_args = 1..)]
-    grafts: Vec<PathBuf>,
-    /// Rule for coordinates several grafts set.
-    #[arg(long, value_enum, default_value = "mean")]
-    rule: ConflictRule,
-    /// Output graft file (body union; head of the first graft).
-    #[arg(long)]
-    out: Option<PathBuf>,
-    /// Directory of the data sets (to measure each task's accuracy).
-    #[arg(long, env = "SKILLGRAFT_DATA_DIR")]
-    data_dir: Option<PathBuf>,
-    /// Few-shot seed of the evaluation split.
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
-    /// Cap each task's test set.
-    #[arg(long)]
-    max_test: Option<usize>,
-}
-
-#[derive(Args, Debug)]
-struct ExportArgs {
-    #[command(flatten)]
-    model: ModelArgs,
-    /// The graft file.
-    #[arg(long)]
-    graft: PathBuf,
-    /// Output HF directory.
-    #[arg(long)]
-    out: PathBuf,
-    /// Replace --out if it exists.
-    #[arg(long)]
-    force: bool,
-}
-
-#[derive(Args, Debug)]
-struct InfoArgs {
-    #[command(flatten)]
-    model: ModelArgs,
-    /// A graft file to describe instead of the model.
-    #[arg(long)]
-    graft: Option<PathBuf>,
+    head: HeadArgs,
+    /// Temperature scaling: auto (applied when cross-validation on dev lowers held-out NLL), temperature
+    /// (always), none.
+    #[arg(long, value_enum, default_value = "auto")]
+    calibration: crate::calibration::CalibrationPolicy,
 }
 
 impl ModelArgs {
@@ -568,8 +461,19 @@ impl DataArgs {
         self.data_dir.clone().unwrap_or_else(data::data_dir_default)
     }
 
+    fn rule(&self) -> SplitRule {
+        match self.split.as_str() {
+            "given" => SplitRule::Given,
+            _ => SplitRule::FewShot {
+                k: self.k,
+                seed: self.seed,
+                cap_k: self.cap_k,
+            },
+        }
+    }
+
     fn split(&self, task: &TaskSpec) -> Result<FewShotSplit> {
-        data::task_split(task, &self.data_dir(), self.k, self.seed, self.max_test)
+        data::split_task(task, &self.data_dir(), &self.rule(), self.max_test)
     }
 }
 
@@ -621,8 +525,16 @@ impl Reporter {
                 }
             }
             Progress::Epoch(e) => eprintln!(
-                "epoch {:>3}  mask {:>8}  flips {:>6}  train acc {:.4}  dev acc {:.4}  loss {:.4}  {:.2}s",
-                e.epoch, e.mask_size, e.flips, e.train_accuracy, e.dev_accuracy, e.loss, e.seconds
+                "epoch {:>3}  mask {:>8}{}  flips {:>6}  train acc {:.4}  dev acc {:.4}  loss {}  {:.2}s",
+                e.epoch,
+                e.mask_size,
+                e.unprojected_size
+                    .map_or(String::new(), |g| format!(" (projected from {g})")),
+                e.flips,
+                e.train_accuracy,
+                e.dev_accuracy,
+                e.loss.map_or("-".to_string(), |l| format!("{l:.4}")),
+                e.seconds
             ),
             Progress::Message { text } => eprintln!("{text}"),
         }
@@ -632,38 +544,6 @@ impl Reporter {
 fn print_json(v: &serde_json::Value) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
-}
-
-fn variants_table(rows: &[crate::graft::evaluate::VariantReport], bins: usize) -> Table {
-    let mut t = Table::new(&[
-        "model",
-        "params",
-        "train acc",
-        "dev acc",
-        "test acc",
-        "macro-F1",
-        &format!("ECE({bins})"),
-        "NLL",
-        "Brier",
-        "T",
-        "ECE@T",
-    ]);
-    for r in rows {
-        t.row(vec![
-            r.name.clone(),
-            r.size.to_string(),
-            format!("{:.4}", r.train_accuracy),
-            format!("{:.4}", r.dev_accuracy),
-            format!("{:.4}", r.test.accuracy),
-            format!("{:.4}", r.test.macro_f1),
-            format!("{:.4}", r.test.ece),
-            format!("{:.4}", r.test.nll),
-            format!("{:.4}", r.test.brier),
-            format!("{:.3}", r.temperature),
-            format!("{:.4}", r.test_calibrated.ece),
-        ]);
-    }
-    t
 }
 
 impl Command {
@@ -686,6 +566,7 @@ impl Command {
             Command::Study(a) => Some(&a.model),
             Command::Synthetic(a) => Some(&a.model),
             Command::Healthcheck(_) => None,
+            Command::Task(t) => t.model_args(),
         }
     }
 }
@@ -705,11 +586,12 @@ fn dispatch(command: Command) -> Result<()> {
     match command {
         Command::Finetune(a) => cmd_finetune(a),
         Command::Localize(a) => cmd_localize(a),
-        Command::Evaluate(a) => cmd_evaluate(a),
-        Command::Overlap(a) => cmd_overlap(a),
-        Command::Compose(a) => cmd_compose(a),
-        Command::Export(a) => cmd_export(a),
-        Command::Info(a) => cmd_info(a),
+        Command::Evaluate(a) => evaluate::cmd_evaluate(a),
+        Command::Task(t) => task::run(t),
+        Command::Overlap(a) => compose::cmd_overlap(a),
+        Command::Compose(a) => compose::cmd_compose(a),
+        Command::Export(a) => compose::cmd_export(a),
+        Command::Info(a) => compose::cmd_info(a),
         Command::Predict(a) => predict::run_predict(a),
         Command::Embed(a) => predict::run_embed(a),
         Command::Selfcheck(a) => selfcheck::run(a),
@@ -717,7 +599,7 @@ fn dispatch(command: Command) -> Result<()> {
         Command::BenchWorker(a) => bench_worker::run(a),
         Command::Serve(a) => cmd_serve(a),
         Command::BenchServe(a) => bench_serve::run(a),
-        Command::Study(a) => cmd_study(a),
+        Command::Study(a) => study::cmd_study(a),
         Command::Synthetic(a) => synthetic::run(a),
         Command::Healthcheck(a) => healthcheck::run(a),
     }
@@ -799,12 +681,18 @@ fn cmd_localize(a: LocalizeArgs) -> Result<()> {
     let base = a.model.load()?;
     let named = a.data.task.is_some() || a.data.task_spec.is_some();
     let hint = if named { Some(a.data.task()?) } else { None };
-    let ft = load_finetuned(
+    let given = match (&hint, a.head.kind) {
+        (Some(t), _) => a.head.spec(&base, t)?,
+        (None, Some(_)) => bail!("--head needs the task (its labels and descriptions): name it with --task or --task-spec"),
+        (None, None) => None,
+    };
+    let ft = load_finetuned_with(
         &a.finetuned,
         &base.model,
         hint.as_ref(),
         &base.tokenizer,
         &base.device,
+        given.as_ref(),
     )?;
     let task = match hint {
         Some(t) => t,
@@ -825,6 +713,8 @@ fn cmd_localize(a: LocalizeArgs) -> Result<()> {
         batch_size: a.batch_size,
         seed: a.mask_seed,
         region: a.region.spec(),
+        allow_growth: a.allow_growth,
+        calibration: a.calibration,
     };
     let job = LocalizationJob {
         base: &base,
@@ -856,7 +746,8 @@ fn cmd_localize(a: LocalizeArgs) -> Result<()> {
             m.method,
             out.localization.best_epoch
         );
-        println!("{}", variants_table(&out.variants, a.bins));
+        println!("{}", evaluate::variants_table(&out.variants, a.bins));
+        evaluate::print_calibration(&out.variants);
         println!(
             "times: setup {:.2}s, localization {:.2}s, evaluation {:.2}s; written to {}",
             out.timings.setup_seconds,
@@ -866,353 +757,6 @@ fn cmd_localize(a: LocalizeArgs) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// Reads a graft file and checks that it belongs to `base`.
-fn load_checked_graft(path: &std::path::Path, base: &BaseModel) -> Result<Graft> {
-    let g = Graft::load(path)?;
-    g.check_base(
-        &base.model.weights.tensors,
-        &base.model.weights.content_hash,
-    )
-    .with_context(|| format!("{}", path.display()))?;
-    Ok(g)
-}
-
-/// Base weights with a graft applied (a detached copy), for use as a "fine-tuned" body.
-fn grafted_body(base: &BaseModel, graft: &Graft) -> Result<BTreeMap<String, candle_core::Tensor>> {
-    let copy = base.model.weights.deep_clone()?.tensors;
-    let applied = graft.apply(&copy)?;
-    drop(applied);
-    Ok(copy)
-}
-
-fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
-    a.model.require_f32(
-        "evaluate (use `skillgraft predict --dtype` for reduced-precision inference)",
-    )?;
-    let base = a.model.load()?;
-    let graft = load_checked_graft(&a.graft, &base)?;
-    let task = match (&a.data.task, &a.data.task_spec, &graft.manifest.task) {
-        (None, None, Some(t)) => t.clone(),
-        _ => a.data.task()?,
-    };
-    let split = a.data.split(&task)?;
-    let head = graft.manifest.head.clone();
-    let head_tensors = graft.head_tensors(&base.device)?;
-    let ft_body = match &a.finetuned {
-        Some(dir) => {
-            load_finetuned(dir, &base.model, Some(&task), &base.tokenizer, &base.device)?
-                .model
-                .weights
-                .tensors
-        }
-        None => grafted_body(&base, &graft)?,
-    };
-    let model = GraftableModel::new(
-        &base.model,
-        &ft_body,
-        head_tensors,
-        base.inputs(head),
-        &graft.manifest.region,
-    )?;
-    let mask = graft.flat_indices(&model.region)?;
-    let budget = mask.len();
-    let abs: Vec<f32> = model.delta.iter().map(|d| d.abs()).collect();
-    let base_patch = crate::graft::localize::top_k(&abs, budget);
-    let mut variants = vec![("base+head".to_string(), Variant::Mask(&[]))];
-    if a.finetuned.is_some() {
-        variants.push(("base patch".to_string(), Variant::Mask(&base_patch)));
-    }
-    variants.push(("graft".to_string(), Variant::Mask(&mask)));
-    if a.finetuned.is_some() {
-        variants.push(("fine-tuned".to_string(), Variant::Finetuned));
-    }
-    let mut results = serde_json::Map::new();
-    let in_dist = evaluate_variants(&model, &split, &split.test, &variants, a.bins)?;
-    if !a.model.json {
-        println!(
-            "{} (in distribution, {} test examples)",
-            task.name,
-            split.test.len()
-        );
-        println!("{}", variants_table(&in_dist, a.bins));
-    }
-    results.insert(task.name.clone(), serde_json::to_value(&in_dist)?);
-    for other in &a.eval_task {
-        let ot = data::builtin_task(other).with_context(|| format!("unknown task `{other}`"))?;
-        if ot.labels.len() != task.labels.len() {
-            bail!(
-                "task `{other}` has {} labels, `{}` has {}",
-                ot.labels.len(),
-                task.name,
-                task.labels.len()
-            );
-        }
-        let osplit = data::task_split(
-            &ot,
-            &a.data.data_dir(),
-            a.data.k,
-            a.data.seed,
-            a.data.max_test,
-        )?;
-        let r = evaluate_variants(&model, &split, &osplit.test, &variants, a.bins)?;
-        if !a.model.json {
-            println!(
-                "{} → {} (out of distribution, {} examples)",
-                task.name,
-                other,
-                osplit.test.len()
-            );
-            println!("{}", variants_table(&r, a.bins));
-        }
-        results.insert(other.clone(), serde_json::to_value(&r)?);
-    }
-    if a.model.json {
-        print_json(&serde_json::json!({"bins": a.bins, "results": results}))?;
-    }
-    Ok(())
-}
-
-fn load_grafts(paths: &[PathBuf], base: &BaseModel) -> Result<(Vec<String>, Vec<Graft>)> {
-    let mut names = Vec::new();
-    let mut grafts = Vec::new();
-    for p in paths {
-        let g = load_checked_graft(p, base)?;
-        let stem = p
-            .file_stem()
-            .map(|s| s.to_string_lossy().to_string())
-            .unwrap_or_default();
-        names.push(
-            g.manifest
-                .task
-                .as_ref()
-                .map(|t| format!("{}:{stem}", t.name))
-                .unwrap_or(stem),
-        );
-        grafts.push(g);
-    }
-    let r0 = &grafts[0].manifest.region;
-    if grafts.iter().any(|g| &g.manifest.region != r0) {
-        bail!("the grafts were localized over different regions; overlap needs one region");
-    }
-    Ok((names, grafts))
-}
-
-fn matrix_table(title: &str, names: &[String], m: &[Vec<String>]) -> Table {
-    let mut header = vec![title.to_string()];
-    header.extend(names.iter().cloned());
-    let refs: Vec<&str> = header.iter().map(String::as_str).collect();
-    let mut t = Table::new(&refs);
-    for (n, row) in names.iter().zip(m) {
-        let mut r = vec![n.clone()];
-        r.extend(row.iter().cloned());
-        t.row(r);
-    }
-    t
-}
-
-fn cmd_overlap(a: OverlapArgs) -> Result<()> {
-    let base = a.model.load()?;
-    let (names, grafts) = load_grafts(&a.grafts, &base)?;
-    let region = FlatRegion::new(&grafts[0].manifest.region, &base.model.weights.tensors)?;
-    let rep = overlap(&names, &grafts, &region)?;
-    if a.model.json {
-        return print_json(&serde_json::to_value(&rep)?);
-    }
-    let fmt_u = |m: &Vec<Vec<usize>>| {
-        m.iter()
-            .map(|r| r.iter().map(|v| v.to_string()).collect())
-            .collect::<Vec<Vec<String>>>()
-    };
-    let fmt_f = |m: &Vec<Vec<f64>>| {
-        m.iter()
-            .map(|r| r.iter().map(|v| format!("{v:.4}")).collect())
-            .collect::<Vec<Vec<String>>>()
-    };
-    println!(
-        "{}",
-        matrix_table("|A∩B|", &names, &fmt_u(&rep.intersection))
-    );
-    println!("{}", matrix_table("Jaccard", &names, &fmt_f(&rep.jaccard)));
-    println!(
-        "{}",
-        matrix_table("random Jaccard", &names, &fmt_f(&rep.random_jaccard))
-    );
-    println!(
-        "{}",
-        matrix_table("containment", &names, &fmt_f(&rep.containment))
-    );
-    let mut layers: Vec<String> = rep
-        .breakdown
-        .iter()
-        .flat_map(|b| b.by_layer.keys().cloned())
-        .collect();
-    layers.sort();
-    layers.dedup();
-    let mut modules: Vec<String> = rep
-        .breakdown
-        .iter()
-        .flat_map(|b| b.by_module.keys().cloned())
-        .collect();
-    modules.sort();
-    modules.dedup();
-    for (title, keys, get) in [
-        (
-            "by layer",
-            &layers,
-            (|b: &crate::graft::overlap::Breakdown, k: &str| b.by_layer.get(k).copied())
-                as fn(&_, &str) -> Option<usize>,
-        ),
-        ("by module", &modules, |b, k| b.by_module.get(k).copied()),
-    ] {
-        let mut header = vec![title.to_string()];
-        header.extend(keys.iter().cloned());
-        let refs: Vec<&str> = header.iter().map(String::as_str).collect();
-        let mut t = Table::new(&refs);
-        for (n, b) in names.iter().zip(&rep.breakdown) {
-            let mut row = vec![n.clone()];
-            row.extend(keys.iter().map(|k| get(b, k).unwrap_or(0).to_string()));
-            t.row(row);
-        }
-        println!("{t}");
-    }
-    Ok(())
-}
-
-fn cmd_compose(a: ComposeArgs) -> Result<()> {
-    a.model.require_f32("compose")?;
-    let base = a.model.load()?;
-    let (names, grafts) = load_grafts(&a.grafts, &base)?;
-    let region = FlatRegion::new(&grafts[0].manifest.region, &base.model.weights.tensors)?;
-    let entries = compose(&grafts, &region, a.rule)?;
-    let mut composed = grafts[0].clone();
-    composed.entries = entries;
-    composed.manifest.size = composed.size();
-    composed.manifest.method = format!("compose({:?})", a.rule).to_lowercase();
-    composed.manifest.hyper_parameters = serde_json::json!({"members": names, "rule": a.rule});
-    composed.manifest.metrics = serde_json::json!({});
-    composed.manifest.created_unix = unix_now();
-    let data_dir = a.data_dir.clone().unwrap_or_else(data::data_dir_default);
-    let mut rows = Vec::new();
-    for (name, g) in names.iter().zip(&grafts) {
-        let Some(task) = &g.manifest.task else {
-            rows.push(
-                serde_json::json!({"task": name, "note": "graft has no task spec; not evaluated"}),
-            );
-            continue;
-        };
-        let split = data::task_split(task, &data_dir, 16, a.seed, a.max_test)?;
-        let labels: Vec<usize> = split.test.iter().map(|e| e.label).collect();
-        let inst_tensors = {
-            let mut t = base.model.weights.deep_clone()?.tensors;
-            t.extend(g.head_tensors(&base.device)?);
-            t
-        };
-        let inst = crate::train::TaskInstance::new(
-            inst_tensors,
-            base.inputs(g.manifest.head.clone()),
-            |_| false,
-        )?;
-        let alone = {
-            let applied = g.apply(&inst.tensors)?;
-            let acc = crate::model::predict::accuracy(&inst.logits(&split.test, 64)?, &labels);
-            applied.revert()?;
-            acc
-        };
-        let under = {
-            let applied = composed.apply(&inst.tensors)?;
-            let acc = crate::model::predict::accuracy(&inst.logits(&split.test, 64)?, &labels);
-            applied.revert()?;
-            acc
-        };
-        let base_acc = crate::model::predict::accuracy(&inst.logits(&split.test, 64)?, &labels);
-        rows.push(serde_json::json!({"task": name, "base_head": base_acc, "alone": alone, "composed": under,
-            "test_examples": split.test.len()}));
-    }
-    if let Some(out) = &a.out {
-        composed.manifest.metrics = serde_json::json!({"members": rows});
-        composed.save(out)?;
-    }
-    if a.model.json {
-        return print_json(
-            &serde_json::json!({"size": composed.size(), "rule": a.rule, "tasks": rows, "out": a.out}),
-        );
-    }
-    println!(
-        "composed graft: {} parameters from {} grafts (rule {:?})",
-        composed.size(),
-        grafts.len(),
-        a.rule
-    );
-    let mut t = Table::new(&["task", "base+head", "graft alone", "under composition"]);
-    for r in &rows {
-        let f = |k: &str| {
-            r.get(k)
-                .and_then(|v| v.as_f64())
-                .map_or("-".to_string(), |v| format!("{v:.4}"))
-        };
-        t.row(vec![
-            r["task"].as_str().unwrap_or("?").to_string(),
-            f("base_head"),
-            f("alone"),
-            f("composed"),
-        ]);
-    }
-    println!("{t}");
-    Ok(())
-}
-
-fn cmd_export(a: ExportArgs) -> Result<()> {
-    let base = a.model.load()?;
-    let graft = load_checked_graft(&a.graft, &base)?;
-    let mut tensors = grafted_body(&base, &graft)?;
-    tensors.extend(graft.head_tensors(&base.device)?);
-    write_hf_dir(
-        &a.out,
-        &base.model,
-        &tensors,
-        &graft.manifest.head,
-        graft.manifest.task.as_ref(),
-        a.force,
-    )?;
-    if a.model.json {
-        print_json(&serde_json::json!({"out": a.out, "size": graft.size()}))
-    } else {
-        println!(
-            "base + graft ({} parameters) written to {}",
-            graft.size(),
-            a.out.display()
-        );
-        Ok(())
-    }
-}
-
-fn cmd_info(a: InfoArgs) -> Result<()> {
-    if let Some(p) = &a.graft {
-        let g = Graft::load(p)?;
-        let v = serde_json::json!({"manifest": g.manifest, "tensors": g.entries.len(), "size": g.size(),
-            "head_tensors": g.head.keys().collect::<Vec<_>>()});
-        return print_json(&v);
-    }
-    let base = a.model.load()?;
-    let cfg = &base.model.config;
-    let v = serde_json::json!({
-        "name": base.name, "dir": base.model.files.dir, "architecture": cfg.model_type,
-        "content_hash": base.model.weights.content_hash,
-        "parameters": base.model.body_parameter_count(),
-        "layers": cfg.num_hidden_layers, "hidden": cfg.hidden_size, "heads": cfg.num_attention_heads,
-        "tensors": base.model.weights.tensors.len(),
-        "region_parameters": FlatRegion::new(&RegionSpec::default(), &base.model.weights.tensors)?.len(),
-    });
-    if a.model.json {
-        print_json(&v)
-    } else {
-        for (k, val) in v.as_object().into_iter().flatten() {
-            println!("{k:>18}: {val}");
-        }
-        Ok(())
-    }
 }
 
 fn cmd_serve(a: ServeArgs) -> Result<()> {
@@ -1244,6 +788,7 @@ fn cmd_serve(a: ServeArgs) -> Result<()> {
         max_json_bytes: a.max_json_bytes,
         max_upload_bytes: a.max_upload_bytes,
         max_graft_bytes: a.max_graft_bytes,
+        max_dataset_bytes: a.max_dataset_bytes,
         max_archive_entries: a.max_archive_entries,
         max_batch_inputs: a.max_batch_inputs,
         max_request_tokens: a.max_request_tokens,
@@ -1285,63 +830,4 @@ fn cmd_serve(a: ServeArgs) -> Result<()> {
     // Work still running past the shutdown deadline (a long computation) is abandoned, not waited for.
     rt.shutdown_timeout(std::time::Duration::from_millis(200));
     result
-}
-
-fn cmd_study(a: StudyArgs) -> Result<()> {
-    a.model.require_f32("study")?;
-    let base = a.model.load()?;
-    let nonempty = |v: Vec<String>| v.into_iter().filter(|s| !s.trim().is_empty()).collect();
-    let mut cfg = match &a.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            serde_json::from_str::<crate::study::StudyConfig>(&text)
-                .with_context(|| format!("{} is not a valid study configuration", path.display()))?
-        }
-        None => crate::study::StudyConfig {
-            grids: vec![crate::study::GridSpec {
-                tasks: a.tasks,
-                seeds: a.seeds,
-                ks: a.ks,
-                heads: a.heads,
-                optimizers: a.optimizers,
-                methods: a.methods,
-                sparsities: a.sparsities,
-            }],
-            steps: a.steps,
-            eval_every: a.eval_every,
-            epochs: a.epochs,
-            max_test: a.max_test,
-            analysis: crate::study::AnalysisSpec {
-                method: a.analysis_method,
-                sparsity: a.analysis_sparsity,
-                ood: nonempty(a.ood),
-                pairs: nonempty(a.pairs),
-            },
-            cache_dir: PathBuf::new(),
-            data_dir: PathBuf::new(),
-        },
-    };
-    cfg.cache_dir = a
-        .cache_dir
-        .unwrap_or_else(|| crate::home_dir().join("study"));
-    cfg.data_dir = a.data_dir.unwrap_or_else(data::data_dir_default);
-    let command = std::iter::once("skillgraft".to_string())
-        .chain(std::env::args().skip(1))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let results = crate::study::run(&base, &cfg, a.cached_only)?;
-    crate::study::write(&results, &command, &a.report, &a.results_json)?;
-    if a.model.json {
-        print_json(
-            &serde_json::json!({"cells": results.cells.len(), "report": a.report, "results": a.results_json}),
-        )
-    } else {
-        println!(
-            "{} cells; report written to {}",
-            results.cells.len(),
-            a.report.display()
-        );
-        Ok(())
-    }
 }

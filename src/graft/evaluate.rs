@@ -1,9 +1,11 @@
 //! Side-by-side evaluation of the models grafting compares: base + head (empty mask), base patch, graft, and
-//! the fine-tuned model (full mask), each uncalibrated and with a temperature fitted on dev.
+//! the fine-tuned model (full mask), each uncalibrated and with the calibration decided on dev
+//! ([`crate::calibration`]).
 
 use super::localize::GraftableModel;
+use crate::calibration::{decide, CalibrationDecision, CalibrationPolicy};
 use crate::data::{Example, FewShotSplit};
-use crate::metrics::{evaluate_logits, fit_temperature, ClassificationReport};
+use crate::metrics::{evaluate_logits, ClassificationReport};
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
@@ -31,10 +33,14 @@ pub struct VariantReport {
     pub dev_accuracy: f64,
     /// Evaluation-set metrics at temperature 1.
     pub test: ClassificationReport,
-    /// Temperature fitted on dev.
+    /// Temperature the calibration decision applies (1.0 when it applies none).
     pub temperature: f64,
-    /// Evaluation-set metrics at the fitted temperature.
+    /// Evaluation-set metrics at that temperature.
     pub test_calibrated: ClassificationReport,
+    /// The calibration decision (policy, temperature fitted on dev, cross-validated NLLs, reason); absent
+    /// in reports written before decisions were recorded (they always applied the fitted temperature).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<CalibrationDecision>,
 }
 
 impl GraftableModel {
@@ -48,13 +54,15 @@ impl GraftableModel {
     }
 }
 
-/// Evaluates each variant on `eval` (train/dev accuracies from the split; temperature fitted on dev).
+/// Evaluates each variant on `eval` (train/dev accuracies from the split; calibration decided on dev under
+/// `policy`).
 pub fn evaluate_variants(
     model: &GraftableModel,
     split: &FewShotSplit,
     eval: &[Example],
     variants: &[(String, Variant<'_>)],
     bins: usize,
+    policy: CalibrationPolicy,
 ) -> Result<Vec<VariantReport>> {
     let labels: Vec<usize> = eval.iter().map(|e| e.label).collect();
     let dev_labels: Vec<usize> = split.dev.iter().map(|e| e.label).collect();
@@ -64,7 +72,8 @@ pub fn evaluate_variants(
         let (train_accuracy, dev_accuracy) = model.accuracies(split)?;
         let logits = model.logits(eval)?;
         let dev_logits = model.logits(&split.dev)?;
-        let temperature = fit_temperature(&dev_logits, &dev_labels)?;
+        let calibration = decide(&dev_logits, &dev_labels, policy)?;
+        let temperature = calibration.temperature;
         out.push(VariantReport {
             name: name.clone(),
             size: match v {
@@ -76,6 +85,7 @@ pub fn evaluate_variants(
             test: evaluate_logits(&logits, &labels, 1.0, bins)?,
             temperature,
             test_calibrated: evaluate_logits(&logits, &labels, temperature, bins)?,
+            calibration: Some(calibration),
         });
     }
     model.set_mask(&[])?;

@@ -68,13 +68,21 @@ impl LocalizationJob<'_> {
         )?;
         model.cancel = self.cancel.clone();
         let setup_seconds = t0.elapsed().as_secs_f64();
+        let budget = super::localize::budget(self.options.sparsity, model.region.len());
+        let growth =
+            self.options.method == super::localize::Method::Paper && self.options.allow_growth;
         progress(Progress::Message {
             text: format!(
-                "region: {} tensors, {} parameters; budget {} ({:e})",
+                "region: {} tensors, {} parameters; budget {budget} ({:e}): the graft will have {}",
                 model.region.names.len(),
                 model.region.len(),
-                super::localize::budget(self.options.sparsity, model.region.len()),
-                self.options.sparsity
+                self.options.sparsity,
+                if growth {
+                    "about that many parameters (growth allowed: the paper's mask may exceed it)"
+                        .to_string()
+                } else {
+                    format!("at most {budget} parameters")
+                }
             ),
         });
         let loc = localize(&model, &self.split, &self.options, progress)?;
@@ -101,6 +109,7 @@ impl LocalizationJob<'_> {
                 ("fine-tuned".to_string(), Variant::Finetuned),
             ],
             self.bins,
+            self.options.calibration,
         )?;
         let evaluate_seconds = t1.elapsed().as_secs_f64();
         let timings = JobTimings {
@@ -111,7 +120,13 @@ impl LocalizationJob<'_> {
         let arch = self.base.model.config.architecture()?;
         let head_names = head.tensor_names(arch);
         let head_values = Graft::head_from_tensors(&head_names, &self.finetuned.head_tensors)?;
+        let calibration = variants
+            .iter()
+            .find(|v| v.name == "graft")
+            .and_then(|v| v.calibration.clone());
         let metrics = serde_json::json!({
+            "calibration": calibration,
+            "budget": budget,
             "variants": variants,
             "history": loc.history,
             "best_epoch": loc.best_epoch,

@@ -74,6 +74,13 @@ pub struct LocalizeOptions {
     pub seed: u64,
     /// Region.
     pub region: RegionSpec,
+    /// Let the paper's method return more than the budget (its rounded mask grows freely); by default the
+    /// rounded mask is projected onto the budget's top-k by inclusion probability.
+    #[serde(default)]
+    pub allow_growth: bool,
+    /// When temperature scaling is applied to the evaluated variants (see [`crate::calibration`]).
+    #[serde(default)]
+    pub calibration: crate::calibration::CalibrationPolicy,
 }
 
 impl Default for LocalizeOptions {
@@ -89,6 +96,8 @@ impl Default for LocalizeOptions {
             batch_size: 8,
             seed: 0,
             region: RegionSpec::default(),
+            allow_growth: false,
+            calibration: Default::default(),
         }
     }
 }
@@ -390,7 +399,8 @@ pub fn localize(
     let mut evaluate = |epoch: usize,
                         mask: &[u32],
                         values: Option<&[f32]>,
-                        loss: f64,
+                        loss: Option<f64>,
+                        unprojected_size: Option<usize>,
                         t0: Instant|
      -> Result<(f64, EpochReport)> {
         match values {
@@ -405,6 +415,7 @@ pub fn localize(
             train_accuracy: tr,
             dev_accuracy: dv,
             loss,
+            unprojected_size,
             seconds: t0.elapsed().as_secs_f64(),
         };
         progress(Progress::Epoch(r.clone()));
@@ -414,11 +425,11 @@ pub fn localize(
     let mut values = None;
     let (mask, best_epoch) = match opts.method {
         Method::Magnitude => {
-            evaluate(0, &base_patch, None, f64::NAN, Instant::now())?;
+            evaluate(0, &base_patch, None, None, None, Instant::now())?;
             (base_patch.clone(), 0)
         }
         Method::Refit => {
-            let (mut best_score, _) = evaluate(0, &base_patch, None, f64::NAN, Instant::now())?;
+            let (mut best_score, _) = evaluate(0, &base_patch, None, None, None, Instant::now())?;
             let mut v: Vec<f32> = base_patch.iter().map(|&i| model.ft[i as usize]).collect();
             let mut best: Option<(Vec<f32>, usize)> = None;
             let (b1, b2, eps, lr) = (0.9f32, 0.999f32, 1e-8f32, opts.refit_lr as f32);
@@ -452,7 +463,7 @@ pub fn localize(
                     }
                 }
                 let loss = loss_sum / train_batches.len().max(1) as f64;
-                let (score, _) = evaluate(epoch, &base_patch, Some(&v), loss, t0)?;
+                let (score, _) = evaluate(epoch, &base_patch, Some(&v), Some(loss), None, t0)?;
                 if score > best_score {
                     best_score = score;
                     best = Some((v.clone(), epoch));
@@ -468,7 +479,7 @@ pub fn localize(
             let (g, loss) = model.gradient_times_delta(&train_batches)?;
             let score: Vec<f32> = g.iter().map(|v| v.abs()).collect();
             let mask = top_k(&score, k);
-            evaluate(1, &mask, None, loss, t0)?;
+            evaluate(1, &mask, None, Some(loss), None, t0)?;
             (mask, 1)
         }
         Method::Paper => {
@@ -485,7 +496,7 @@ pub fn localize(
                     .filter(|&i| in_b[i as usize] != (s[i as usize] > beta))
                     .collect()
             };
-            let (mut best_score, _) = evaluate(0, &base_patch, None, f64::NAN, Instant::now())?;
+            let (mut best_score, _) = evaluate(0, &base_patch, None, None, None, Instant::now())?;
             let mut best_mask = base_patch.clone();
             let mut best_epoch = 0;
             let nb = train_batches.len().max(1) as f32;
@@ -502,8 +513,24 @@ pub fn localize(
                     let sign = if in_b[i] { -1.0 } else { 1.0 };
                     s[i] -= lr * sign * (g[i] / nb) * sg * (1.0 - sg);
                 }
-                let mask = rounded(&s);
-                let (score, _) = evaluate(epoch, &mask, None, loss, t0)?;
+                let mut mask = rounded(&s);
+                let grown = mask.len();
+                if grown > k && !opts.allow_growth {
+                    // Project onto the budget: the k coordinates most likely to be in the mask.
+                    let inclusion: Vec<f32> = (0..n)
+                        .map(|i| {
+                            let p = sigmoid(s[i] - beta);
+                            if in_b[i] {
+                                1.0 - p
+                            } else {
+                                p
+                            }
+                        })
+                        .collect();
+                    mask = top_k(&inclusion, k);
+                }
+                let unprojected = (grown > k && !opts.allow_growth).then_some(grown);
+                let (score, _) = evaluate(epoch, &mask, None, Some(loss), unprojected, t0)?;
                 if score > best_score {
                     best_score = score;
                     best_mask = mask;
@@ -532,7 +559,7 @@ pub fn localize(
                     s[i] -= lr * (g[i] / nb + lam) * sg * (1.0 - sg);
                 }
                 let mask = top_k(&s, k);
-                let (score, _) = evaluate(epoch, &mask, None, loss, t0)?;
+                let (score, _) = evaluate(epoch, &mask, None, Some(loss), None, t0)?;
                 if best.as_ref().is_none_or(|(b, _, _)| score > *b) {
                     best = Some((score, mask, epoch));
                 }

@@ -246,6 +246,22 @@ impl Graft {
         Ok(out)
     }
 
+    /// Flat region indices (sorted) and the graft's own values at them: the point θ_pre + graft.
+    pub fn flat_point(&self, region: &FlatRegion) -> Result<(Vec<u32>, Vec<f32>)> {
+        entries_point(&self.entries, region)
+    }
+
+    /// The budget the graft was localized at, ⌈sparsity · region size⌉, when its hyper-parameters say
+    /// (else its size).
+    pub fn budget(&self) -> usize {
+        self.manifest.hyper_parameters["sparsity"]
+            .as_f64()
+            .filter(|s| *s > 0.0 && *s <= 1.0)
+            .map_or(self.size(), |s| {
+                localize::budget(s, self.manifest.region_size)
+            })
+    }
+
     /// Checks internal consistency: lengths, sorted in-range indices, finite values.
     pub fn validate(&self) -> Result<()> {
         for e in &self.entries {
@@ -503,4 +519,18 @@ pub fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// Flat region indices (sorted) of graft entries and their values.
+pub fn entries_point(entries: &[GraftEntry], region: &FlatRegion) -> Result<(Vec<u32>, Vec<f32>)> {
+    let mut pairs = Vec::new();
+    for e in entries {
+        let Some(t) = region.names.iter().position(|n| n == &e.name) else {
+            bail!("graft tensor `{}` is outside the region", e.name);
+        };
+        let o = region.offsets[t] as u32;
+        pairs.extend(e.indices.iter().zip(&e.values).map(|(&i, &v)| (o + i, v)));
+    }
+    pairs.sort_unstable_by_key(|p| p.0);
+    Ok(pairs.into_iter().unzip())
 }

@@ -241,6 +241,22 @@ fn check_task(graft: &Graft) -> Result<()> {
 }
 
 fn check_calibration(metrics: &serde_json::Value) -> Result<()> {
+    // The calibration decision `predict` applies (`temperature` when its method is `temperature`).
+    if let Some(d) = metrics.get("calibration").filter(|d| !d.is_null()) {
+        for field in ["temperature", "fitted_temperature"] {
+            match &d[field] {
+                serde_json::Value::Null => {}
+                serde_json::Value::Number(t) => check_range(
+                    &format!("stored calibration decision's {field}"),
+                    t.as_f64().unwrap_or(f64::NAN),
+                    CALIBRATION_TEMPERATURE,
+                )?,
+                other => {
+                    bail!("stored calibration decision's {field} is {other}, not a number")
+                }
+            }
+        }
+    }
     let Some(variants) = metrics.get("variants").and_then(|v| v.as_array()) else {
         return Ok(());
     };

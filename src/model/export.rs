@@ -3,16 +3,18 @@
 //! Classifier and prompt heads use transformers' own layouts (`bert.`-prefixed body + `classifier.*`, or
 //! `cls.predictions.*` / `lm_head.*`). Heads transformers has no class for (linear on a pooled vector,
 //! prototypes) keep the base layout for the body and put their tensors in `skillgraft_head.safetensors`.
-//! Every directory also carries `skillgraft_head.json` (head spec and task spec).
+//! Every directory also carries `skillgraft_head.json` (head spec and task spec). Reading checkpoints back,
+//! ours or anyone's, is [`super::checkpoint`] (re-exported here).
+
+pub use super::checkpoint::{detect_head, load_finetuned, load_finetuned_with, FinetunedModel};
 
 use super::config::Architecture;
-use super::heads::{HeadSpec, Pooling};
-use super::tokenize::TextEncoder;
-use super::weights::{is_body_name, LoadedModel, WeightMap};
+use super::heads::HeadSpec;
+use super::weights::{is_body_name, LoadedModel};
 use crate::data::TaskSpec;
 use crate::store::{atomic_dir, atomic_write, safetensors_bytes, RawTensor};
-use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
+use anyhow::{Context, Result};
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -154,114 +156,5 @@ pub fn write_hf_dir(
             }
         }
         Ok(())
-    })
-}
-
-/// A fine-tuned checkpoint checked against its base, with its head identified.
-pub struct FinetunedModel {
-    /// The checkpoint.
-    pub model: LoadedModel,
-    /// Its head.
-    pub head: HeadSpec,
-    /// Its task, when the directory says.
-    pub task: Option<TaskSpec>,
-    /// The head's tensors (canonical names).
-    pub head_tensors: BTreeMap<String, Tensor>,
-}
-
-/// Infers the head of a checkpoint without a manifest from its tensor names (transformers layouts).
-pub fn detect_head(
-    weights: &WeightMap,
-    arch: Architecture,
-    task: Option<&TaskSpec>,
-    tokenizer: &TextEncoder,
-) -> Result<HeadSpec> {
-    let rows = |name: &str| {
-        weights
-            .tensors
-            .get(name)
-            .and_then(|t| t.dims().first().copied())
-    };
-    if let Some(n) = rows("classifier.out_proj.weight") {
-        return Ok(HeadSpec::RobertaClassifier { num_labels: n });
-    }
-    if let Some(n) = rows("classifier.weight") {
-        if arch == Architecture::Bert && weights.tensors.contains_key("pooler.dense.weight") {
-            return Ok(HeadSpec::BertClassifier { num_labels: n });
-        }
-        return Ok(HeadSpec::Linear {
-            num_labels: n,
-            pooling: Pooling::Cls,
-        });
-    }
-    if weights.tensors.contains_key("cls.predictions.bias")
-        || weights.tensors.contains_key("lm_head.bias")
-    {
-        let task = task.context(
-            "the checkpoint has a masked-LM head: name the task (its template and label words) to use it as a prompt head",
-        )?;
-        let ids = task
-            .label_words
-            .iter()
-            .map(|w| tokenizer.label_word_id(w))
-            .collect::<Result<Vec<_>>>()?;
-        return Ok(HeadSpec::Prompt {
-            template: task.template.clone(),
-            label_words: task.label_words.clone(),
-            label_word_ids: ids,
-        });
-    }
-    bail!("cannot tell the checkpoint's head: it has no classifier.*, cls.predictions.* or lm_head.* tensors and no {HEAD_MANIFEST}")
-}
-
-/// Loads a fine-tuned HF directory, checks it against `base`, and identifies its head.
-pub fn load_finetuned(
-    dir: &Path,
-    base: &LoadedModel,
-    task: Option<&TaskSpec>,
-    tokenizer: &TextEncoder,
-    device: &Device,
-) -> Result<FinetunedModel> {
-    let model = LoadedModel::load(dir, device)?;
-    base.config
-        .check_same_network(&model.config)
-        .with_context(|| format!("{} does not fit the base model", dir.display()))?;
-    model
-        .weights
-        .check_matches_base(&base.weights)
-        .with_context(|| format!("{} does not fit the base model", dir.display()))?;
-    let arch = base.config.architecture()?;
-    let manifest_path = dir.join(HEAD_MANIFEST);
-    let (head, task_from_dir) = if manifest_path.is_file() {
-        let text = std::fs::read_to_string(&manifest_path)?;
-        let m: HeadManifest = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not a valid head manifest", manifest_path.display()))?;
-        (m.head, m.task)
-    } else {
-        (detect_head(&model.weights, arch, task, tokenizer)?, None)
-    };
-    let mut all = model.weights.tensors.clone();
-    let extra = dir.join(HEAD_TENSORS);
-    if extra.is_file() {
-        let files = super::weights::ModelFiles {
-            dir: dir.to_path_buf(),
-            config: dir.join("config.json"),
-            tokenizer: None,
-            weights: vec![extra],
-        };
-        all.extend(WeightMap::load(&files, device)?.tensors);
-    }
-    let mut head_tensors = BTreeMap::new();
-    for name in head.tensor_names(arch) {
-        let t = all
-            .get(&name)
-            .with_context(|| format!("{}: head tensor `{name}` is missing", dir.display()))?;
-        head_tensors.insert(name, t.clone());
-    }
-    Ok(FinetunedModel {
-        model,
-        head,
-        task: task_from_dir.or_else(|| task.cloned()),
-        head_tensors,
     })
 }

@@ -3,7 +3,7 @@
 use super::config::{Architecture, ModelConfig};
 use super::encoder::{Dense, Encoder, EncoderInput, Norm};
 use super::ops::gelu;
-use crate::data::{Example, TaskSpec};
+use crate::data::Example;
 use crate::model::tokenize::TextInput;
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Result, Tensor};
@@ -135,17 +135,11 @@ impl HeadSpec {
         match self {
             HeadSpec::Prompt { template, .. } => {
                 let mask = mask_token.context("prompt head needs a tokenizer with a mask token")?;
-                let spec = TaskSpec {
-                    name: String::new(),
-                    labels: vec![String::new(); 2],
-                    template: template.clone(),
-                    label_words: vec![],
-                    label_descriptions: vec![],
-                    source: None,
-                };
                 Ok(examples
                     .iter()
-                    .map(|e| TextInput::single(spec.render_prompt(e, mask)))
+                    .map(|e| {
+                        TextInput::single(crate::data::spec::render_template(template, e, mask))
+                    })
                     .collect())
             }
             _ => Ok(examples

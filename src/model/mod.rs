@@ -3,6 +3,7 @@
 //! The encoder is our own (not candle-transformers'): candle's fused LayerNorm has no backward pass, so a
 //! model built on it silently trains only its head. Ours is differentiable end to end ([`ops`]).
 
+pub mod checkpoint;
 pub mod config;
 pub mod encoder;
 pub mod export;
@@ -151,12 +152,7 @@ impl BaseModel {
         let n = task.labels.len();
         Ok(match kind {
             HeadKind::Prototype => {
-                if task.label_descriptions.len() != n {
-                    bail!(
-                        "task `{}` has no label descriptions for a prototype head",
-                        task.name
-                    );
-                }
+                task.require_for_head(crate::data::HeadNeeds::Prototype)?;
                 HeadSpec::Prototype {
                     descriptions: task.label_descriptions.clone(),
                     temperature,
@@ -169,16 +165,14 @@ impl BaseModel {
                 pooling,
             },
             HeadKind::Prompt => {
-                if task.label_words.len() != n {
-                    bail!("task `{}` has no label words for a prompt head", task.name);
-                }
+                task.require_for_head(crate::data::HeadNeeds::Prompt)?;
                 let ids = task
                     .label_words
                     .iter()
                     .map(|w| self.tokenizer.label_word_id(w))
                     .collect::<Result<Vec<_>>>()?;
                 HeadSpec::Prompt {
-                    template: task.template.clone(),
+                    template: task.template.clone().unwrap_or_default(),
                     label_words: task.label_words.clone(),
                     label_word_ids: ids,
                 }

@@ -5,9 +5,10 @@
 //! index, the head manifest and tensors, tokenizer files); every other entry is skipped, and an archive with
 //! more than `max_entries` entries of any kind is refused before it is read further. Names are flattened to
 //! their last component (no entry can be written outside the scratch directory); links and devices are
-//! skipped; a name given twice, or a pickle file, is refused.
+//! skipped; a name given twice, or a pickle file, is refused. Tar, gzip-compressed tar and zip archives are
+//! told apart by their first bytes ([`archive_kind`]).
 
-use crate::model::export::{load_finetuned, FinetunedModel};
+use crate::model::export::{load_finetuned_with, FinetunedModel};
 use crate::model::BaseModel;
 use anyhow::{bail, Result};
 use std::collections::BTreeSet;
@@ -55,13 +56,47 @@ fn is_pickle(name: &str) -> bool {
         .any(|x| name.ends_with(x))
 }
 
+/// Keeps one archive entry if a checkpoint needs it: refuses pickles and names given twice.
+fn keep_entry(
+    name: &str,
+    reader: &mut dyn Read,
+    dest: &Path,
+    names: &mut BTreeSet<String>,
+) -> Result<()> {
+    if is_pickle(name) {
+        bail!("`{name}` is a pickle file; pickle files are refused: upload safetensors weights");
+    }
+    if !is_checkpoint_file(name) {
+        return Ok(());
+    }
+    if !names.insert(name.to_string()) {
+        bail!("`{name}` appears more than once in the archive");
+    }
+    let mut out = std::fs::File::create(dest.join(name))?;
+    std::io::copy(reader, &mut out)?;
+    out.sync_all()?;
+    Ok(())
+}
+
+/// The names kept, sorted; an archive without `config.json` is refused.
+fn finish(names: BTreeSet<String>) -> Result<Vec<String>> {
+    if !names.contains("config.json") {
+        bail!("the archive holds no config.json (a checkpoint is config.json + model.safetensors [+ tokenizer files])");
+    }
+    Ok(names.into_iter().collect())
+}
+
+fn too_many(max_entries: usize) -> anyhow::Error {
+    anyhow::anyhow!("the archive has more than {max_entries} entries; a checkpoint needs only config.json, its weights and tokenizer files")
+}
+
 /// Unpacks the checkpoint files of a tar stream into `dest`; returns their names, sorted.
 pub fn unpack(reader: impl Read, dest: &Path, max_entries: usize) -> Result<Vec<String>> {
     let mut tar = tar::Archive::new(reader);
     let mut names = BTreeSet::new();
     for (count, entry) in tar.entries()?.enumerate() {
         if count >= max_entries {
-            bail!("the archive has more than {max_entries} entries; a checkpoint needs only config.json, its weights and tokenizer files");
+            return Err(too_many(max_entries));
         }
         let mut entry = entry?;
         if !entry.header().entry_type().is_file() {
@@ -71,36 +106,104 @@ pub fn unpack(reader: impl Read, dest: &Path, max_entries: usize) -> Result<Vec<
         let Some(name) = path.file_name().map(|n| n.to_string_lossy().to_string()) else {
             continue;
         };
-        if is_pickle(&name) {
-            bail!(
-                "`{name}` is a pickle file; pickle files are refused: upload safetensors weights"
-            );
-        }
-        if !is_checkpoint_file(&name) {
-            continue;
-        }
-        if !names.insert(name.clone()) {
-            bail!("`{name}` appears more than once in the archive");
-        }
-        let mut out = std::fs::File::create(dest.join(&name))?;
-        std::io::copy(&mut entry, &mut out)?;
-        out.sync_all()?;
+        keep_entry(&name, &mut entry, dest, &mut names)?;
     }
-    if !names.contains("config.json") {
-        bail!("the archive holds no config.json (a checkpoint is config.json + model.safetensors [+ tokenizer files])");
-    }
-    Ok(names.into_iter().collect())
+    finish(names)
 }
 
-/// Unpacks a checkpoint archive into `dest` and loads it against `base` (names, shapes, dtypes, head).
+/// Unpacks the checkpoint files of a zip archive (deflated or stored) into `dest`.
+fn unpack_zip(file: std::fs::File, dest: &Path, max_entries: usize) -> Result<Vec<String>> {
+    let mut zip =
+        zip::ZipArchive::new(file).map_err(|e| anyhow::anyhow!("not a valid zip archive: {e}"))?;
+    if zip.len() > max_entries {
+        return Err(too_many(max_entries));
+    }
+    let mut names = BTreeSet::new();
+    for i in 0..zip.len() {
+        let mut entry = zip.by_index(i)?;
+        if !entry.is_file() {
+            continue;
+        }
+        let full = entry.name().map(|n| n.to_string()).unwrap_or_default();
+        let Some(name) = Path::new(&full)
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+        else {
+            continue;
+        };
+        keep_entry(&name, &mut entry, dest, &mut names)?;
+    }
+    finish(names)
+}
+
+/// What an uploaded archive is, from its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArchiveKind {
+    /// A tar archive.
+    Tar,
+    /// A gzip-compressed tar archive (`.tar.gz`, `.tgz`).
+    TarGz,
+    /// A zip archive.
+    Zip,
+}
+
+/// Tells tar, tar.gz and zip apart by their magic bytes; anything else is refused with what was seen.
+pub fn archive_kind(head: &[u8]) -> Result<ArchiveKind> {
+    if head.starts_with(&[0x1f, 0x8b]) {
+        return Ok(ArchiveKind::TarGz);
+    }
+    if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
+        return Ok(ArchiveKind::Zip);
+    }
+    if head.len() >= 262 && &head[257..262] == b"ustar" {
+        return Ok(ArchiveKind::Tar);
+    }
+    let shown: String = head
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    bail!("the upload is not a tar, tar.gz (.tgz) or zip archive (it starts with bytes {shown}): pack the checkpoint directory with `tar czf ckpt.tgz -C DIR .` or `zip -r ckpt.zip DIR`")
+}
+
+/// Unpacks a checkpoint archive file of any [`ArchiveKind`] into `dest`.
+pub fn unpack_file(path: &Path, dest: &Path, max_entries: usize) -> Result<Vec<String>> {
+    let mut head = [0u8; 512];
+    let mut f = std::fs::File::open(path)?;
+    let mut n = 0;
+    while n < head.len() {
+        let got = f.read(&mut head[n..])?;
+        if got == 0 {
+            break;
+        }
+        n += got;
+    }
+    let file = std::fs::File::open(path)?;
+    match archive_kind(&head[..n])? {
+        ArchiveKind::Tar => unpack(std::io::BufReader::new(file), dest, max_entries),
+        ArchiveKind::TarGz => unpack(
+            flate2::read::GzDecoder::new(std::io::BufReader::new(file)),
+            dest,
+            max_entries,
+        )
+        .map_err(|e| anyhow::anyhow!("{e:#} (in the gzip-compressed tar archive)")),
+        ArchiveKind::Zip => unpack_zip(file, dest, max_entries),
+    }
+}
+
+/// Unpacks a checkpoint archive file into `dest` and loads it against `base` (names, shapes, dtypes, head,
+/// labels); a `head` given by the uploader is used when the checkpoint does not carry one.
 pub fn unpack_and_check(
-    reader: impl Read,
+    path: &Path,
     dest: &Path,
     base: &BaseModel,
     max_entries: usize,
+    head: Option<&crate::model::HeadSpec>,
+    task: Option<&crate::data::TaskSpec>,
 ) -> Result<(FinetunedModel, Vec<String>)> {
-    let files = unpack(reader, dest, max_entries)?;
-    let ft = load_finetuned(dest, &base.model, None, &base.tokenizer, &base.device)?;
+    let files = unpack_file(path, dest, max_entries)?;
+    let ft = load_finetuned_with(dest, &base.model, task, &base.tokenizer, &base.device, head)?;
     Ok((ft, files))
 }
 

@@ -23,7 +23,6 @@ type St = State<Arc<AppState>>;
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/v1/session", get(session))
-        .route("/v1/datasets", get(datasets))
         .route("/v1/tasks/{name}/placement", get(task_placement))
         .route("/v1/tasks/{name}/calibration", get(task_calibration))
         .route("/v1/tasks/{name}/examples", get(task_examples))
@@ -65,18 +64,30 @@ pub async fn session(State(s): St, Extension(caller): Extension<Caller>) -> Json
 
 // ----------------------------------------------------------------------------------------------- datasets
 
-/// A built-in task a localization job can use.
+/// A data set a localization job can use: a built-in task's, or an uploaded one.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Dataset {
-    /// Name (`task` of a localization request).
+    /// Name (`task` of a localization request, for built-in data sets).
     pub name: String,
     /// Class names.
     pub labels: Vec<String>,
-    /// Whether its files are present in the server's data directory.
+    /// Whether its files are present in the server's data directory (always true for uploads).
     pub available: bool,
+    /// `builtin` or `uploaded`.
+    pub kind: String,
+    /// Id (`dataset` of a localization request or an evaluation), for uploaded data sets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Rows, for uploaded data sets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows: Option<usize>,
+    /// Rows per split (`train`, `dev`, `test`), for uploaded data sets with a split column.
+    #[schema(value_type = Option<Object>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub splits: Option<std::collections::BTreeMap<String, usize>>,
 }
 
-/// The built-in tasks, and whether the server has their data.
+/// The built-in tasks (and whether the server has their data), then the uploaded data sets, newest first.
 #[utoipa::path(get, path = "/v1/datasets", security(("api_key" = ["read"])), responses((status = 200, body = Vec<Dataset>)))]
 pub async fn datasets(State(s): St) -> Json<Vec<Dataset>> {
     let dir = &s.config.datasets_dir;
@@ -99,9 +110,26 @@ pub async fn datasets(State(s): St) -> Json<Vec<Dataset>> {
                 available: !files.is_empty() && files.iter().all(|f| dir.join(f).is_file()),
                 name: spec.name,
                 labels: spec.labels,
+                kind: "builtin".into(),
+                id: None,
+                rows: None,
+                splits: None,
             }
         })
-        .collect();
+        .chain(
+            super::api::datasets::uploaded(&s)
+                .into_iter()
+                .map(|d| Dataset {
+                    name: d.name,
+                    labels: d.labels,
+                    available: true,
+                    kind: "uploaded".into(),
+                    id: Some(d.id),
+                    rows: Some(d.rows),
+                    splits: (!d.split_counts.is_empty()).then_some(d.split_counts),
+                }),
+        )
+        .collect::<Vec<_>>();
     Json(out)
 }
 
@@ -242,8 +270,10 @@ pub struct TaskCalibration {
     pub task: String,
     /// What `predict` applies by default: `temperature` or `none`.
     pub calibration: String,
-    /// The graft's temperature (fitted on dev), when there is one.
+    /// The temperature `predict` applies, when the calibration decision applies one.
     pub temperature: Option<f64>,
+    /// Why (the decision recorded with the graft).
+    pub reason: String,
     /// Every variant's test-set calibration before and after temperature scaling (empty for grafts made
     /// without an evaluation, e.g. compositions).
     pub variants: Vec<VariantCalibration>,
@@ -271,11 +301,9 @@ pub async fn task_calibration(
             temperature: v.temperature,
         })
         .collect();
-    let temperature = variants
-        .iter()
-        .find(|v| v.name == "graft")
-        .map(|v| v.temperature);
+    let temperature = super::api::temperature_of(&t);
     Ok(Json(TaskCalibration {
+        reason: super::api::calibration_reason(&t),
         task: name,
         calibration: if temperature.is_some() {
             "temperature"

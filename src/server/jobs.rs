@@ -7,11 +7,14 @@
 pub mod records;
 
 use super::AppState;
-use crate::data::{Example, FewShotSplit, TaskSpec};
+use crate::calibration::CalibrationPolicy;
+use crate::data::files::LabelValue;
+use crate::data::{Example, FewShotSplit, SplitRule, TaskSpec};
 use crate::graft::job::LocalizationJob;
 use crate::graft::localize::{LocalizeOptions, Method};
 use crate::graft::RegionSpec;
-use crate::model::export::load_finetuned;
+use crate::model::export::{load_finetuned_with, FinetunedModel};
+use crate::model::{BaseModel, HeadKind, HeadSpec};
 use crate::store::blob::PutMode;
 use crate::train::Progress;
 use anyhow::{bail, Context, Result};
@@ -54,18 +57,44 @@ pub struct LocalizationRequest {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub task_spec: Option<TaskSpec>,
-    /// Inline training examples; with `dev`, instead of a built-in task's data. Shown to admin keys only.
+    /// Id of an uploaded data set (`POST /v1/datasets`) whose examples to use; its labels are the task's
+    /// unless `task_spec` names them (same names).
+    #[serde(default)]
+    pub dataset: Option<String>,
+    /// How train/dev/test are made from a data set or a built-in task: `{"rule": "few_shot", "k": 16,
+    /// "seed": 42, "cap_k": false}` or `{"rule": "given"}` (the data's own splits, e.g. its split column).
+    /// Default: few-shot with `k`, `seed` and `cap_k` below.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub split: Option<SplitRule>,
+    /// Take at most half of a class that has fewer than 2K examples instead of refusing (few-shot).
+    #[serde(default)]
+    pub cap_k: bool,
+    /// The checkpoint's head, when it does not carry one (a body fine-tuned elsewhere behind a prototype
+    /// head) or to override it.
+    #[serde(default)]
+    pub head: Option<HeadRequest>,
+    /// Temperature scaling of the served task: `auto` (default: applied when cross-validation on dev says it
+    /// lowers held-out NLL), `temperature` (always), `none`.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub calibration: Option<CalibrationPolicy>,
+    /// Let the paper's method return more parameters than the budget.
+    #[serde(default)]
+    pub allow_growth: bool,
+    /// Inline training examples; with `dev`, instead of a built-in task's data. Labels are class names or
+    /// indices. Shown to admin keys only.
     #[serde(default)]
     #[schema(value_type = Option<Vec<InlineExample>>)]
-    pub train: Option<Vec<Example>>,
+    pub train: Option<Vec<InlineExample>>,
     /// Inline dev examples. Shown to admin keys only.
     #[serde(default)]
     #[schema(value_type = Option<Vec<InlineExample>>)]
-    pub dev: Option<Vec<Example>>,
+    pub dev: Option<Vec<InlineExample>>,
     /// Inline test examples (optional; dev is used to report metrics when absent). Shown to admin keys only.
     #[serde(default)]
     #[schema(value_type = Option<Vec<InlineExample>>)]
-    pub test: Option<Vec<Example>>,
+    pub test: Option<Vec<InlineExample>>,
     /// Examples per class (built-in data).
     #[serde(default = "default_k")]
     #[schema(minimum = 1, maximum = 4096)]
@@ -120,9 +149,63 @@ pub struct InlineExample {
     /// A second text, for sentence-pair tasks.
     #[serde(default)]
     pub text_b: Option<String>,
-    /// Class index into the task's labels.
-    #[schema(minimum = 0)]
-    pub label: usize,
+    /// A class name of the task, or its index.
+    #[schema(value_type = Object)]
+    pub label: LabelValue,
+}
+
+/// A head given with a job (or an upload): its kind and what it needs.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeadRequest {
+    /// `prototype`, `bert_classifier`, `roberta_classifier`, `linear` or `prompt`.
+    #[schema(value_type = String)]
+    pub kind: HeadKind,
+    /// Class names (default: the task's labels).
+    #[serde(default)]
+    pub labels: Option<Vec<String>>,
+    /// Prototype heads: one description per class (default: the task spec's `label_descriptions`).
+    #[serde(default)]
+    pub descriptions: Option<Vec<String>>,
+    /// Prototype heads: the temperature τ (default 0.05).
+    #[serde(default)]
+    pub temperature: Option<f64>,
+}
+
+impl HeadRequest {
+    /// The kind's name (`prototype`, `bert_classifier`, …).
+    pub fn kind_name(&self) -> String {
+        serde_json::to_value(self.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default()
+    }
+
+    /// The head spec for `task` on `base` (a prototype head's tensor is built from the base at load time).
+    pub fn spec(&self, base: &BaseModel, task: &TaskSpec) -> Result<HeadSpec> {
+        let mut t = task.clone();
+        if let Some(labels) = &self.labels {
+            if labels.len() != t.labels.len() {
+                bail!(
+                    "`head.labels` has {} names but the task has {} labels ({})",
+                    labels.len(),
+                    t.labels.len(),
+                    t.labels.join(", ")
+                );
+            }
+            t.labels = labels.clone();
+        }
+        if let Some(d) = &self.descriptions {
+            t.label_descriptions = d.clone();
+        }
+        let tau = self.temperature.unwrap_or(0.05);
+        if !(tau.is_finite() && tau > 0.0) {
+            bail!("`head.temperature` must be a positive number, got {tau}");
+        }
+        t.validate().map_err(|e| anyhow::anyhow!("`head`: {e:#}"))?;
+        base.head_spec(self.kind, &t, tau, crate::model::Pooling::Cls)
+            .map_err(|e| anyhow::anyhow!("`head`: {e:#}: give `head.descriptions` (one per label) or the task spec's `label_descriptions`"))
+    }
 }
 
 impl LocalizationRequest {
@@ -150,13 +233,21 @@ impl LocalizationRequest {
         if !self.lr.is_finite() {
             return Err("lr must be a finite number".into());
         }
-        match (&self.task, &self.train, &self.dev) {
-            (Some(t), None, None) if crate::data::builtin_task(t).is_none() => Err(format!(
-                "unknown task `{t}` (built-in: {})",
+        let ways = [
+            self.task.is_some() && self.train.is_none(),
+            self.dataset.is_some(),
+            self.train.is_some() || self.dev.is_some(),
+        ];
+        if ways.iter().filter(|w| **w).count() != 1 {
+            return Err("give the data one way: a built-in `task`, a `dataset` id (POST /v1/datasets), or inline `train` and `dev` examples".into());
+        }
+        match (&self.task, &self.dataset, &self.train, &self.dev) {
+            (Some(t), None, None, None) if crate::data::builtin_task(t).is_none() => Err(format!(
+                "unknown task `{t}` (built-in: {}); for your own data upload it to /v1/datasets and give `dataset`",
                 crate::data::builtin_task_names().join(", ")
             )),
-            (None, None, _) | (_, Some(_), None) | (_, None, Some(_)) => {
-                Err("give a built-in `task`, or inline `train` and `dev` examples".into())
+            (_, None, Some(_), None) | (_, None, None, Some(_)) => {
+                Err("inline data needs both `train` and `dev` examples".into())
             }
             _ => Ok(()),
         }
@@ -405,44 +496,156 @@ fn update(state: &AppState, entry: &JobEntry, f: impl FnOnce(&mut JobStatus)) {
     let _ = entry.events.send(snapshot);
 }
 
-fn split_for(state: &AppState, r: &LocalizationRequest) -> Result<(TaskSpec, FewShotSplit)> {
-    if let (Some(train), Some(dev)) = (&r.train, &r.dev) {
-        let spec = match (&r.task_spec, &r.task) {
-            (Some(s), _) => s.clone(),
-            (None, Some(name)) => {
-                crate::data::builtin_task(name).with_context(|| format!("unknown task `{name}`"))?
-            }
-            (None, None) => bail!("inline data needs `task_spec` (labels) or a built-in `task`"),
-        };
-        spec.validate()?;
-        for e in train.iter().chain(dev).chain(r.test.iter().flatten()) {
-            if e.label >= spec.labels.len() {
-                bail!(
-                    "example label {} is out of range for {} labels",
-                    e.label,
-                    spec.labels.len()
-                );
+/// What a request resolves to before any training: the task, its split, the loaded checkpoint.
+pub struct Prepared {
+    /// The task (labels, head fields; no data source for uploaded or inline data).
+    pub task: TaskSpec,
+    /// Train / dev / test.
+    pub split: FewShotSplit,
+    /// The checkpoint, checked against the base and the task, its head identified.
+    pub finetuned: FinetunedModel,
+}
+
+/// Inline examples with labels resolved against the task (`field` names them in messages).
+fn inline(examples: &[InlineExample], labels: &[String], field: &str) -> Result<Vec<Example>> {
+    examples
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let label = e
+                .label
+                .resolve(labels)
+                .map_err(|msg| anyhow::anyhow!("`{field}[{i}].label`: {msg}"))?;
+            Ok(Example {
+                text: e.text.clone(),
+                text_b: e.text_b.clone(),
+                label,
+            })
+        })
+        .collect()
+}
+
+/// A stored data set's description, by id.
+pub fn dataset_info(
+    state: &AppState,
+    id: &str,
+) -> Result<Option<crate::data::dataset::DatasetInfo>> {
+    for bytes in state.store.list_datasets()? {
+        if let Ok(info) = serde_json::from_slice::<crate::data::dataset::DatasetInfo>(&bytes) {
+            if info.id == id {
+                return Ok(Some(info));
             }
         }
-        return Ok((
-            spec,
-            FewShotSplit {
-                train: train.clone(),
-                dev: dev.clone(),
-                test: r.test.clone().unwrap_or_default(),
-                k: 0,
-                seed: 0,
-            },
-        ));
     }
-    let name = r
-        .task
-        .as_deref()
-        .context("give a built-in `task`, or inline `train` and `dev` examples")?;
-    let spec = crate::data::builtin_task(name).with_context(|| format!("unknown task `{name}`"))?;
-    let split =
-        crate::data::task_split(&spec, &state.config.datasets_dir, r.k, r.seed, r.max_test)?;
-    Ok((spec, split))
+    Ok(None)
+}
+
+/// A stored data set's examples and description; a missing one names the field and the fix.
+pub fn load_dataset(
+    state: &AppState,
+    id: &str,
+) -> Result<(crate::data::dataset::DatasetInfo, crate::data::TaskData)> {
+    let missing = || {
+        anyhow::anyhow!("`dataset`: no data set `{id}` (upload one with POST /v1/datasets; GET /v1/datasets lists them)")
+    };
+    if !crate::store::service::valid_name(id) {
+        return Err(missing());
+    }
+    let info = dataset_info(state, id)?.ok_or_else(missing)?;
+    let bytes = state.store.get_dataset(id)?.ok_or_else(missing)?;
+    let data = crate::data::dataset::load(&bytes, &info)?;
+    Ok((info, data))
+}
+
+/// Resolves a request: task spec, data and split, checkpoint and head. Every error names the request
+/// field it comes from; the handler runs this before answering 202, the job again when it starts.
+pub fn prepare(state: &AppState, r: &LocalizationRequest) -> Result<Prepared> {
+    let rule = r.split.clone().unwrap_or(SplitRule::FewShot {
+        k: r.k,
+        seed: r.seed,
+        cap_k: r.cap_k,
+    });
+    let spec_checked = |s: &TaskSpec| -> Result<TaskSpec> {
+        s.validate()
+            .map_err(|e| anyhow::anyhow!("`task_spec`: {e:#}"))?;
+        Ok(s.clone())
+    };
+    let (mut task, split) = if let Some(id) = &r.dataset {
+        let (info, data) = load_dataset(state, id)?;
+        let mut task = match &r.task_spec {
+            Some(s) => {
+                let s = spec_checked(s)?;
+                if s.labels != info.labels {
+                    bail!("`task_spec.labels` {:?} differ from the labels of data set `{id}` {:?}: give the same names in the same order (or leave `task_spec` out)", s.labels, info.labels);
+                }
+                s
+            }
+            None => TaskSpec::with_labels(&r.task_name, info.labels.clone()),
+        };
+        task.source = None;
+        let split = crate::data::split_data(&data, &task, &rule, r.max_test)
+            .map_err(|e| anyhow::anyhow!("`split` of data set `{id}`: {e:#}"))?;
+        (task, split)
+    } else if let (Some(train), Some(dev)) = (&r.train, &r.dev) {
+        let mut spec = match (&r.task_spec, &r.task) {
+            (Some(s), _) => spec_checked(s)?,
+            (None, Some(name)) => crate::data::builtin_task(name)
+                .with_context(|| format!("`task`: unknown task `{name}`"))?,
+            (None, None) => bail!(
+                "`task_spec`: inline data needs `task_spec` (its labels) or a built-in `task`"
+            ),
+        };
+        spec.source = None;
+        let split = FewShotSplit {
+            train: inline(train, &spec.labels, "train")?,
+            dev: inline(dev, &spec.labels, "dev")?,
+            test: inline(r.test.as_deref().unwrap_or_default(), &spec.labels, "test")?,
+            k: 0,
+            seed: 0,
+        };
+        (spec, split)
+    } else {
+        let name = r
+            .task
+            .as_deref()
+            .context("give a built-in `task`, a `dataset`, or inline `train` and `dev` examples")?;
+        let spec = crate::data::builtin_task(name)
+            .with_context(|| format!("`task`: unknown task `{name}`"))?;
+        let split = crate::data::split_task(&spec, &state.config.datasets_dir, &rule, r.max_test)
+            .map_err(|e| anyhow::anyhow!("`split`: {}", state.redact(&format!("{e:#}"))))?;
+        (spec, split)
+    };
+    if let Some(h) = &r.head {
+        if let Some(d) = &h.descriptions {
+            task.label_descriptions = d.clone();
+        }
+    }
+    let base = &state.base;
+    let given = r.head.as_ref().map(|h| h.spec(base, &task)).transpose()?;
+    // From object storage, the checkpoint is fetched into this replica's cache first.
+    let Some(dir) = state.store.checkpoint_dir(&r.checkpoint)? else {
+        bail!("`checkpoint`: no checkpoint `{}` (upload it to /v1/checkpoints; GET /v1/checkpoints lists them)", r.checkpoint);
+    };
+    let finetuned = load_finetuned_with(
+        &dir,
+        &base.model,
+        Some(&task),
+        &base.tokenizer,
+        &base.device,
+        given.as_ref(),
+    )
+    .map_err(|e| {
+        let msg = crate::server::error::redact_paths(
+            &format!("{e:#}"),
+            &[(dir.as_path(), "<checkpoint>")],
+        );
+        anyhow::anyhow!("`checkpoint` {}: {}", r.checkpoint, state.redact(&msg))
+    })?;
+    Ok(Prepared {
+        task,
+        split,
+        finetuned,
+    })
 }
 
 fn run_job(state: &Arc<AppState>, entry: &JobEntry) {
@@ -465,19 +668,9 @@ fn run_job(state: &Arc<AppState>, entry: &JobEntry) {
     let result = (|| -> Result<(usize, Vec<serde_json::Value>, serde_json::Value)> {
         let pool = crate::compute_pool(Some(state.config.job_threads))?;
         pool.install(|| {
-            let (task, split) = split_for(state, &request)?;
-            let dir = state
-                .store
-                .checkpoint_dir(&request.checkpoint)?
-                .with_context(|| format!("checkpoint `{}` is gone", request.checkpoint))?;
+            let prepared = prepare(state, &request)?;
+            let (task, split, ft) = (prepared.task, prepared.split, prepared.finetuned);
             let base = &state.base;
-            let ft = load_finetuned(
-                &dir,
-                &base.model,
-                Some(&task),
-                &base.tokenizer,
-                &base.device,
-            )?;
             let job = LocalizationJob {
                 base,
                 finetuned: &ft,
@@ -490,6 +683,8 @@ fn run_job(state: &Arc<AppState>, entry: &JobEntry) {
                     lr: request.lr,
                     seed: request.mask_seed,
                     region: RegionSpec::default(),
+                    allow_growth: request.allow_growth,
+                    calibration: request.calibration.unwrap_or_default(),
                     ..Default::default()
                 },
                 bins: 10,

@@ -71,6 +71,8 @@ pub struct ServerConfig {
     pub max_upload_bytes: usize,
     /// Largest graft import (`PUT /v1/tasks/{name}/graft`), bytes.
     pub max_graft_bytes: usize,
+    /// Largest data set upload (`POST /v1/datasets`), bytes.
+    pub max_dataset_bytes: usize,
     /// Most entries (files, directories, links) in an uploaded checkpoint archive.
     pub max_archive_entries: usize,
     /// Texts per prediction request at most.
@@ -311,8 +313,17 @@ pub fn build_state(base: BaseModel, config: ServerConfig) -> Result<Arc<AppState
 pub fn router(state: Arc<AppState>) -> Router {
     let cfg = &state.config;
     let uploads = Router::new()
-        .route("/v1/checkpoints", post(api::checkpoints::upload_checkpoint))
+        .route(
+            "/v1/checkpoints",
+            post(api::checkpoints::upload_checkpoint).get(api::checkpoints::list_checkpoints),
+        )
         .layer(DefaultBodyLimit::max(cfg.max_upload_bytes));
+    let datasets = Router::new()
+        .route(
+            "/v1/datasets",
+            post(api::datasets::upload_dataset).get(explore::datasets),
+        )
+        .layer(DefaultBodyLimit::max(cfg.max_dataset_bytes));
     let grafts = Router::new()
         .route(
             "/v1/tasks/{name}/graft",
@@ -339,6 +350,14 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/localizations/{id}/events",
             get(api::localizations::localization_events),
         )
+        .route(
+            "/v1/datasets/{id}",
+            get(api::datasets::get_dataset).delete(api::datasets::delete_dataset),
+        )
+        .route(
+            "/v1/schemas/task-spec",
+            get(api::datasets::task_spec_schema),
+        )
         .route("/v1/tasks", get(api::tasks::list_tasks))
         .route(
             "/v1/tasks/{name}",
@@ -360,6 +379,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/docs/redoc.standalone.js", get(openapi::docs_bundle))
         .merge(json)
         .merge(uploads)
+        .merge(datasets)
         .merge(grafts)
         .fallback(|| async { ApiError::not_found("no such route (see /docs)") })
         .layer(middleware::from_fn_with_state(

@@ -7,6 +7,8 @@
 //! jobs/<id>.json              localization jobs' last known state (with the replica running them)
 //! checkpoints/<id>            uploaded fine-tuned checkpoints (HF directories), id = content hash; a directory
 //!                             in a local store, one tar object (`<id>.tar`) in object storage
+//! datasets/<id>.jsonl         uploaded data sets, normalized (one example per line), id = content hash
+//! datasets/<id>.json          their descriptions (labels, counts, splits)
 //! changes/<n>.json            the change journal
 //! replicas/<id>.json          heartbeats
 //! ```
@@ -277,6 +279,86 @@ impl ServiceStore {
         self.blobs.delete_tree(&key)
     }
 
+    /// Ids of all stored checkpoints, sorted (a directory of files in a local store, `<id>.tar` in object
+    /// storage).
+    pub fn list_checkpoints(&self) -> Result<Vec<String>> {
+        let mut ids: Vec<String> = self
+            .blobs
+            .list("checkpoints/", None)?
+            .iter()
+            .filter_map(|m| {
+                let rest = m.key.strip_prefix("checkpoints/")?;
+                match rest.split_once('/') {
+                    Some((id, _)) => Some(id),
+                    None => rest.strip_suffix(".tar"),
+                }
+            })
+            .filter(|id| valid_name(id))
+            .map(str::to_string)
+            .collect();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    /// Stores a data set: its examples (JSON lines) and its description (JSON); examples first, so a listed
+    /// description always has its examples.
+    pub fn put_dataset(&self, id: &str, examples: &[u8], description: &[u8]) -> Result<()> {
+        self.blobs.put(
+            &id_key("datasets", id, ".jsonl")?,
+            examples,
+            PutMode::Overwrite,
+        )?;
+        self.blobs.put(
+            &id_key("datasets", id, ".json")?,
+            description,
+            PutMode::Overwrite,
+        )?;
+        Ok(())
+    }
+
+    /// A data set's examples, if it exists (its description is there).
+    pub fn get_dataset(&self, id: &str) -> Result<Option<Vec<u8>>> {
+        if !valid_name(id)
+            || self
+                .blobs
+                .head(&id_key("datasets", id, ".json")?)?
+                .is_none()
+        {
+            return Ok(None);
+        }
+        Ok(self
+            .blobs
+            .get(&id_key("datasets", id, ".jsonl")?)?
+            .map(|(b, _)| b))
+    }
+
+    /// Every stored data set's description.
+    pub fn list_datasets(&self) -> Result<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        for m in self.blobs.list("datasets/", None)? {
+            if m.key.ends_with(".json") {
+                // One deleted since the listing is left out.
+                if let Some((b, _)) = self.blobs.get(&m.key)? {
+                    out.push(b);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes a data set (its description first, so a half-deleted one is never listed); false when it did
+    /// not exist.
+    pub fn delete_dataset(&self, id: &str) -> Result<bool> {
+        if !valid_name(id) {
+            return Ok(false);
+        }
+        let description = id_key("datasets", id, ".json")?;
+        let existed = self.blobs.head(&description)?.is_some();
+        self.blobs.delete(&description)?;
+        self.blobs.delete(&id_key("datasets", id, ".jsonl")?)?;
+        Ok(existed)
+    }
+
     /// A local scratch directory (uploads in progress).
     pub fn scratch_dir(&self) -> PathBuf {
         self.local.join("tmp")
@@ -362,6 +444,20 @@ mod tests {
         .unwrap();
         let dir = b.checkpoint_dir("c1").unwrap().unwrap();
         assert!(dir.join("config.json").is_file());
+        assert_eq!(b.list_checkpoints().unwrap(), vec!["c1".to_string()]);
+        a.put_dataset("ds-1", b"{}\n", b"{\"id\":\"ds-1\"}")
+            .unwrap();
+        assert_eq!(b.get_dataset("ds-1").unwrap().unwrap(), b"{}\n");
+        assert_eq!(
+            b.list_datasets().unwrap(),
+            vec![b"{\"id\":\"ds-1\"}".to_vec()]
+        );
+        assert!(b.delete_dataset("ds-1").unwrap());
+        assert!(!a.delete_dataset("ds-1").unwrap());
+        assert!(a.get_dataset("ds-1").unwrap().is_none());
+        assert!(a.list_datasets().unwrap().is_empty());
+        assert!(a.put_dataset("../x", b"", b"").is_err());
+        assert!(a.get_dataset("../x").unwrap().is_none());
         assert!(b.delete_checkpoint("c1").unwrap());
         assert!(!a.has_checkpoint("c1").unwrap());
         a.check().unwrap();

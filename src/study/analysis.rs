@@ -7,7 +7,7 @@ use crate::graft::localize::{top_k, GraftableModel};
 use crate::graft::overlap::{compose, overlap, ConflictRule};
 use crate::graft::placement::{layer_key, sort_layer_keys, MODULE_ORDER};
 use crate::graft::region::{module_of, FlatRegion, RegionSpec};
-use crate::graft::{Graft, GraftEntry};
+use crate::graft::Graft;
 use crate::model::export::FinetunedModel;
 use crate::store::atomic_write;
 use anyhow::{bail, Context, Result};
@@ -109,19 +109,6 @@ fn cached<T: Serialize + DeserializeOwned>(
 }
 
 /// The sorted flat indices of entries and their values.
-fn point(entries: &[GraftEntry], region: &FlatRegion) -> Result<(Vec<u32>, Vec<f32>)> {
-    let mut pairs = Vec::new();
-    for e in entries {
-        let Some(t) = region.names.iter().position(|n| n == &e.name) else {
-            bail!("graft tensor `{}` is outside the region", e.name);
-        };
-        let o = region.offsets[t] as u32;
-        pairs.extend(e.indices.iter().zip(&e.values).map(|(&i, &v)| (o + i, v)));
-    }
-    pairs.sort_unstable_by_key(|p| p.0);
-    Ok(pairs.into_iter().unzip())
-}
-
 fn graftable(
     study: &Study,
     ft: &FinetunedModel,
@@ -172,7 +159,7 @@ impl Study<'_> {
             eprintln!("[study] out-of-distribution {source} → {target}, seed {seed}");
             let ft = self.load_finetuned(&id)?;
             let model = graftable(self, &ft, &ft.model.weights.tensors, &graft)?;
-            let (mask, values) = point(&graft.entries, &model.region)?;
+            let (mask, values) = graft.flat_point(&model.region)?;
             let abs: Vec<f32> = model.delta.iter().map(|d| d.abs()).collect();
             let patch = top_k(&abs, mask.len());
             let src = self.split(source, id.k, seed)?;
@@ -188,6 +175,7 @@ impl Study<'_> {
                     ("fine-tuned".to_string(), Variant::Finetuned),
                 ],
                 10,
+                crate::calibration::CalibrationPolicy::Temperature,
             )?;
             Ok(OodRow {
                 source: source.to_string(),
@@ -302,7 +290,7 @@ impl Study<'_> {
             eprintln!("[study] composition {a} + {b}, seed {seed}");
             let region = FlatRegion::new(&ga.manifest.region, &self.base.model.weights.tensors)?;
             let composed = compose(&[ga.clone(), gb.clone()], &region, ConflictRule::Mean)?;
-            let (cmask, cvalues) = point(&composed, &region)?;
+            let (cmask, cvalues) = crate::graft::entries_point(&composed, &region)?;
             let shared = ga.size() + gb.size() - cmask.len();
             let seq = self.load_dir(&seq_dir, b)?;
             let mut rows = Vec::new();
@@ -310,7 +298,7 @@ impl Study<'_> {
                 let ft = self.load_finetuned(id)?;
                 let test = self.split(task, id.k, seed)?.test;
                 let model = graftable(self, &ft, &ft.model.weights.tensors, g)?;
-                let (mask, values) = point(&g.entries, &model.region)?;
+                let (mask, values) = g.flat_point(&model.region)?;
                 model.set_values(&mask, &values)?;
                 let graft = model.inst.accuracy(&test, 64)?;
                 model.set_values(&cmask, &cvalues)?;

@@ -435,6 +435,10 @@ impl<'a> Study<'a> {
                 method,
                 sparsity,
                 epochs: self.cfg.epochs,
+                // The study reports temperature scaling as such (ECE after scaling), and its grafts
+                // are localized as the paper's method was (growth allowed), so cached cells stay valid.
+                calibration: crate::calibration::CalibrationPolicy::Temperature,
+                allow_growth: true,
                 ..Default::default()
             },
             bins: 10,

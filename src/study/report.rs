@@ -893,6 +893,7 @@ mod tests {
             test: test.clone(),
             temperature: 1.0,
             test_calibrated: test,
+            calibration: None,
         }
     }
 

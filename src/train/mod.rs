@@ -108,8 +108,11 @@ pub struct EpochReport {
     pub train_accuracy: f64,
     /// Dev accuracy of the rounded mask.
     pub dev_accuracy: f64,
-    /// Mean training loss at the relaxed mask (NaN for epoch 0).
-    pub loss: f64,
+    /// Mean training loss at the relaxed mask (none for epoch 0, the starting mask).
+    pub loss: Option<f64>,
+    /// Size of the rounded mask before it was projected onto the budget (paper's method, when it grew).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unprojected_size: Option<usize>,
     /// Wall time of the epoch.
     pub seconds: f64,
 }

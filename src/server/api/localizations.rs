@@ -16,21 +16,34 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// Start a localization job: find the graft of an uploaded checkpoint; the task is registered when it ends.
+/// Everything that can be checked is checked before 202 (task, data set, split, labels, checkpoint and
+/// head): 400 for a malformed request, 404 for an unknown checkpoint or data set, 422 for content that
+/// does not fit (a label out of range, a head the checkpoint cannot take), each naming the field.
 #[utoipa::path(post, path = "/v1/localizations", security(("api_key" = ["admin"])), request_body = LocalizationRequest,
-    responses((status = 202, body = JobStatus), (status = 404, body = ErrorBody)))]
+    responses((status = 202, body = JobStatus), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn create_localization(
     State(s): St,
     Json(req): Json<LocalizationRequest>,
 ) -> ApiResult<(StatusCode, Json<JobStatus>)> {
     req.check().map_err(ApiError::bad_request)?;
     let st = s.clone();
-    let id = req.checkpoint.clone();
-    if !blocking(move || st.store.has_checkpoint(&id).map_err(ApiError::internal)).await? {
-        return Err(ApiError::not_found(format!(
-            "no checkpoint `{}` (upload it to /v1/checkpoints)",
-            req.checkpoint
-        )));
-    }
+    let r = req.clone();
+    blocking(move || {
+        let pool = crate::compute_pool(Some(st.config.job_threads)).map_err(ApiError::internal)?;
+        pool.install(|| crate::server::jobs::prepare(&st, &r))
+            .map_err(|e| {
+                let msg = format!("{e:#}");
+                if msg.starts_with("`checkpoint`: no checkpoint")
+                    || msg.starts_with("`dataset`: no data set")
+                {
+                    ApiError::not_found(msg)
+                } else {
+                    ApiError::invalid(msg)
+                }
+            })?;
+        Ok(())
+    })
+    .await?;
     let st = s.clone();
     let status =
         blocking(move || st.jobs.submit(st.clone(), req).map_err(ApiError::internal)).await?;

@@ -6,6 +6,7 @@
 
 pub mod checkpoints;
 pub mod compose;
+pub mod datasets;
 pub mod health;
 pub mod localizations;
 pub mod predict;
@@ -35,13 +36,32 @@ fn labels_of(t: &ServedTask) -> Vec<String> {
     }
 }
 
-/// The calibration temperature fitted on dev and stored with the graft.
-fn temperature_of(t: &ServedTask) -> Option<f64> {
-    t.graft.manifest.metrics["variants"]
+/// The temperature `predict` applies by default: the one the graft's calibration decision applies (none
+/// when it declined). Grafts made before decisions were recorded keep the temperature fitted on dev.
+pub(crate) fn temperature_of(t: &ServedTask) -> Option<f64> {
+    let metrics = &t.graft.manifest.metrics;
+    if let Some(d) = metrics.get("calibration").filter(|d| d.is_object()) {
+        return (d["method"] == "temperature")
+            .then(|| d["temperature"].as_f64())
+            .flatten();
+    }
+    metrics["variants"]
         .as_array()?
         .iter()
         .find(|v| v["name"] == "graft")?["temperature"]
         .as_f64()
+}
+
+/// Why the task's calibration is what it is (the recorded decision's reason).
+pub(crate) fn calibration_reason(t: &ServedTask) -> String {
+    match t.graft.manifest.metrics["calibration"]["reason"].as_str() {
+        Some(r) => r.to_string(),
+        None if temperature_of(t).is_some() => {
+            "temperature fitted on dev, applied (a graft made before calibration decisions were recorded)"
+                .into()
+        }
+        None => "no temperature stored with the graft".into(),
+    }
 }
 
 /// 415 unless the request's `Content-Type` is one of `allowed`.

@@ -2,7 +2,7 @@
 //! than `max_request_tokens` is refused with 413 before it reaches the engine; a task whose forward pass
 //! yields non-finite numbers answers 422 for that request, never 200 with nulls.
 
-use super::{blocking, labels_of, task, temperature_of, St};
+use super::{blocking, calibration_reason, labels_of, task, temperature_of, St};
 use crate::data::Example;
 use crate::engine::ServedTask;
 use crate::metrics::{evaluate_logits, softmax_rows, ClassificationReport};
@@ -105,6 +105,8 @@ pub struct PredictResponse {
     pub calibration: String,
     /// Temperature applied (1.0 for none).
     pub temperature: f64,
+    /// Why this calibration (the decision recorded with the graft, or `calibrate: false`).
+    pub calibration_reason: String,
     /// One per input, in order.
     pub predictions: Vec<Prediction>,
 }
@@ -168,6 +170,15 @@ pub(super) async fn logits_for(
     Ok(logits)
 }
 
+/// Why a response's calibration is what it is.
+fn reason(t: &ServedTask, calibrate: bool) -> String {
+    if calibrate {
+        calibration_reason(t)
+    } else {
+        "calibrate: false in the request".into()
+    }
+}
+
 /// The calibration a response reports: `temperature` when one was applied, else `none`.
 fn calibration_name(temperature: Option<f64>) -> &'static str {
     if temperature.is_some() {
@@ -223,6 +234,7 @@ pub async fn predict(
         start.elapsed().as_secs_f64(),
     );
     Ok(Json(PredictResponse {
+        calibration_reason: reason(&t, req.calibrate),
         task: name,
         calibration: calibration_name(temperature).into(),
         temperature: temp,
@@ -261,12 +273,21 @@ pub struct LabelledInput {
     pub label: Label,
 }
 
-/// An evaluation request.
+/// An evaluation request: labelled examples, or an uploaded data set's split (any size: run through the
+/// engine in batches, one report).
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct EvaluateRequest {
-    /// Labelled examples: at least one, at most `max_batch_inputs`.
-    #[schema(min_items = 1)]
+    /// Labelled examples: at most `max_batch_inputs` (give `dataset` instead for more).
+    #[serde(default)]
     pub examples: Vec<LabelledInput>,
+    /// Id of an uploaded data set (POST /v1/datasets) to evaluate on, instead of `examples`; its labels
+    /// are matched to the task's by name.
+    #[serde(default)]
+    pub dataset: Option<String>,
+    /// Which rows of the data set: `test` (default: its test split, or the held-out sample a job draws when
+    /// it has none), `dev`, `train` or `all`.
+    #[serde(default)]
+    pub split: Option<String>,
     /// ECE bins (default 10).
     #[serde(default = "ten")]
     #[schema(minimum = 1, maximum = 1000)]
@@ -282,7 +303,13 @@ impl EvaluateRequest {
         if self.bins == 0 || self.bins > 1000 {
             return Err(ApiError::bad_request("bins must be between 1 and 1000"));
         }
-        check_inputs(self.examples.len(), limits)
+        match (&self.dataset, self.examples.is_empty()) {
+            (Some(_), false) => Err(ApiError::bad_request(
+                "give `examples` or `dataset`, not both",
+            )),
+            (Some(_), true) => Ok(()),
+            (None, _) => check_inputs(self.examples.len(), limits),
+        }
     }
 }
 
@@ -297,6 +324,10 @@ pub struct EvaluateResponse {
     pub task: String,
     /// `none` or `temperature`.
     pub calibration: String,
+    /// Why this calibration.
+    pub calibration_reason: String,
+    /// Examples evaluated.
+    pub examples: usize,
     /// Metrics (accuracy, macro-F1, ECE with its bin count, NLL, Brier, reliability bins).
     #[schema(value_type = Object)]
     pub report: ClassificationReport,
@@ -330,6 +361,73 @@ pub fn labelled(
     Ok((ids, inputs))
 }
 
+/// Label ids (matched by name to the task's labels) and inputs of an uploaded data set's rows.
+async fn dataset_examples(
+    s: &Arc<AppState>,
+    t: &ServedTask,
+    id: &str,
+    split: Option<&str>,
+) -> ApiResult<(Vec<usize>, Vec<PredictInput>)> {
+    let task_labels = labels_of(t);
+    let (st, id2, split) = (
+        s.clone(),
+        id.to_string(),
+        split.unwrap_or("test").to_string(),
+    );
+    blocking(move || {
+        let (info, data) = crate::server::jobs::load_dataset(&st, &id2).map_err(|e| {
+            let msg = format!("{e:#}");
+            if msg.starts_with("`dataset`: no data set") {
+                ApiError::not_found(msg)
+            } else {
+                ApiError::internal(msg)
+            }
+        })?;
+        let rows: Vec<crate::data::Example> = match split.as_str() {
+            "train" => data.train,
+            "dev" => data.dev,
+            "all" => [data.train, data.dev, data.test].concat(),
+            "test" if !data.test.is_empty() => data.test,
+            "test" => crate::data::fewshot::held_out_test(&data.train, 2000),
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "`split`: unknown split `{other}` (test, dev, train or all)"
+                )))
+            }
+        };
+        if rows.is_empty() {
+            return Err(ApiError::invalid(format!(
+                "`split`: data set `{id2}` has no {split} rows"
+            )));
+        }
+        let map: Vec<usize> = info
+            .labels
+            .iter()
+            .map(|l| {
+                task_labels.iter().position(|x| x == l).ok_or_else(|| {
+                    ApiError::invalid(format!(
+                        "`dataset`: label {l:?} of data set `{id2}` is not a class of the task ({}): evaluate on data with the task's labels",
+                        task_labels.join(", ")
+                    ))
+                })
+            })
+            .collect::<ApiResult<_>>()?;
+        Ok(rows
+            .into_iter()
+            .map(|e| {
+                (
+                    map[e.label],
+                    PredictInput::Pair {
+                        text: e.text,
+                        text_b: e.text_b,
+                    },
+                )
+            })
+            .unzip())
+    })
+    .await
+}
+
 /// Accuracy of a task on labelled examples (for compositions).
 pub(super) async fn accuracy_of(
     s: &Arc<AppState>,
@@ -354,9 +452,23 @@ pub async fn evaluate(
 ) -> ApiResult<Json<EvaluateResponse>> {
     let t = task(&s, &name)?;
     req.check(RequestLimits::of(&s))?;
-    let (ids, inputs) = labelled(&labels_of(&t), &req.examples, "example")?;
-    let texts = to_texts(&s, &t, inputs)?;
-    let logits = logits_for(&s, &t, texts).await?;
+    let (ids, logits) = match &req.dataset {
+        None => {
+            let (ids, inputs) = labelled(&labels_of(&t), &req.examples, "example")?;
+            let texts = to_texts(&s, &t, inputs)?;
+            (ids, logits_for(&s, &t, texts).await?)
+        }
+        Some(id) => {
+            let (ids, inputs) = dataset_examples(&s, &t, id, req.split.as_deref()).await?;
+            // Through the engine in request-sized batches; one report over all of them.
+            let mut logits = Vec::with_capacity(ids.len());
+            for chunk in inputs.chunks(s.config.max_batch_inputs.max(1)) {
+                let texts = to_texts(&s, &t, chunk.to_vec())?;
+                logits.extend(logits_for(&s, &t, texts).await?);
+            }
+            (ids, logits)
+        }
+    };
     let temperature = if req.calibrate {
         temperature_of(&t)
     } else {
@@ -365,8 +477,10 @@ pub async fn evaluate(
     let report = evaluate_logits(&logits, &ids, temperature.unwrap_or(1.0), req.bins)
         .map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
     Ok(Json(EvaluateResponse {
+        calibration_reason: reason(&t, req.calibrate),
         task: name,
         calibration: calibration_name(temperature).into(),
+        examples: ids.len(),
         report,
     }))
 }

@@ -2,7 +2,9 @@
 //! delete. Every write to one name goes through [`AppState::install_task`] / [`AppState::remove_task`],
 //! which serialize writes per name.
 
-use super::{blocking, labels_of, require_content_type, task, temperature_of, St};
+use super::{
+    blocking, calibration_reason, labels_of, require_content_type, task, temperature_of, St,
+};
 use crate::engine::ServedTask;
 use crate::server::error::{ApiError, ApiResult, ErrorBody};
 use crate::server::registry::Found;
@@ -46,8 +48,10 @@ pub struct TaskSummary {
     pub percent_of_model: f64,
     /// Localization method.
     pub method: String,
-    /// Temperature fitted on dev for the graft (applied by predict when calibrating).
+    /// The temperature `predict` applies when calibrating (none when the calibration decision declined).
     pub temperature: Option<f64>,
+    /// Why: the calibration decision recorded with the graft (cross-validation on dev).
+    pub calibration_reason: String,
     /// Stored metrics (accuracy, ECE of base+head / base patch / graft / fine-tuned).
     #[schema(value_type = Object)]
     pub metrics: serde_json::Value,
@@ -79,7 +83,8 @@ pub(super) fn summary(t: &ServedTask) -> TaskSummary {
         percent_of_model: 100.0 * m.model_fraction(),
         method: m.method.clone(),
         temperature: temperature_of(t),
-        metrics: serde_json::json!({"variants": variants}),
+        calibration_reason: calibration_reason(t),
+        metrics: serde_json::json!({"variants": variants, "calibration": m.metrics["calibration"]}),
     }
 }
 
@@ -95,6 +100,7 @@ fn failed_summary(name: &str, error: &str) -> TaskSummary {
         percent_of_model: 0.0,
         method: String::new(),
         temperature: None,
+        calibration_reason: String::new(),
         metrics: serde_json::json!({}),
     }
 }

@@ -95,7 +95,7 @@ function startCard(ctx) {
       h('div', { class: 'grid3' },
         field('Checkpoint id', checkpoint)[0],
         field('Task name to register', name, 'letters, digits, - _ .')[0],
-        field('Data set (built-in task)', task)[0],
+        field('Data set (built-in task or upload)', task)[0],
         field('Method', method)[0],
         field('Examples per class (K)', k)[0],
         field('Few-shot seed', seed)[0],
@@ -107,22 +107,25 @@ function startCard(ctx) {
       h('div', { class: 'row' }, button)),
     line);
   api.get('/v1/datasets', ctx.signal).then((sets) => {
-    task.append(...sets.map((d) => h('option', { value: d.name, disabled: !d.available }, `${d.name} (${d.labels.join(' / ')})${d.available ? '' : ' — data missing'}`)));
+    // Built-in data sets are chosen by task name, uploaded ones (POST /v1/datasets) by id.
+    task.append(...sets.map((d) => h('option', { value: d.id || d.name, 'data-name': d.name, disabled: !d.available },
+      `${d.name} (${d.labels.join(' / ')})${d.id ? `, uploaded ${d.id}` : ''}${d.available ? '' : ' — data missing'}`)));
     if (!name.value) name.value = sets.find((d) => d.available)?.name || '';
   }).catch((e) => showError(line, e));
   let nameTouched = false;
   name.addEventListener('input', () => { nameTouched = true; });
   task.addEventListener('change', () => {
-    if (!nameTouched) name.value = task.value;
+    if (!nameTouched) name.value = task.selectedOptions[0]?.dataset.name || task.value;
   });
   form.addEventListener('submit', async (ev) => {
     ev.preventDefault();
     line.classList.remove('error');
     const body = {
-      checkpoint: checkpoint.value.trim(), task_name: name.value.trim(), task: task.value, method: method.value,
+      checkpoint: checkpoint.value.trim(), task_name: name.value.trim(), method: method.value,
       k: Number(k.value), seed: Number(seed.value), sparsity: Number(sparsity.value), epochs: Number(epochs.value),
       lr: Number(lr.value), mask_seed: Number(maskSeed.value),
     };
+    if (task.value.startsWith('ds-')) body.dataset = task.value; else body.task = task.value;
     if (maxTest.value) body.max_test = Number(maxTest.value);
     if (!Number.isFinite(body.sparsity) || !Number.isFinite(body.lr)) {
       showError(line, new Error('Sparsity and learning rate must be numbers (e.g. 1e-4).'));
@@ -165,7 +168,7 @@ export function renderList(main, ctx) {
         .map((c, i) => h('th', { scope: 'col', class: i >= 6 && i < 7 ? 'num' : '' }, c)))),
       h('tbody', {}, jobs.map((j) => h('tr', { 'data-job': j.id },
         h('th', { scope: 'row' }, h('a', { href: `#/jobs/${encodeURIComponent(j.id)}` }, j.id)),
-        h('td', {}, j.request.task_name), h('td', {}, j.request.task || 'inline'), h('td', {}, j.request.method),
+        h('td', {}, j.request.task_name), h('td', {}, j.request.task || j.request.dataset || 'inline'), h('td', {}, j.request.method),
         h('td', {}, h('span', { class: `state state-${j.state}` }, j.state)),
         h('td', {}, `epoch ${j.epoch} of ${j.request.epochs}`),
         h('td', { class: 'num' }, int(j.graft_size)), h('td', {}, when(j.created_unix))))));
@@ -218,7 +221,7 @@ export function renderJob(main, ctx, id) {
     barText.textContent = progressText(st);
     message.textContent = st.error ? `${st.message}: ${st.error}` : st.message;
     replace(facts,
-      ...[['Task', st.request.task_name], ['Data set', `${st.request.task || 'inline'} (K = ${st.request.k}, seed ${st.request.seed})`],
+      ...[['Task', st.request.task_name], ['Data set', `${st.request.task || st.request.dataset || 'inline'} (K = ${st.request.k}, seed ${st.request.seed})`],
         ['Method', `${st.request.method}, sparsity ${st.request.sparsity}`], ['State', h('span', { class: `state state-${st.state}` }, st.state)],
         ['Started', when(st.started_unix)], ['Finished', when(st.finished_unix)]]
         .map(([k, v]) => h('div', {}, h('dt', {}, k), h('dd', {}, v))));
