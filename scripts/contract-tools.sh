@@ -12,10 +12,17 @@ mkdir -p "$cache"
 exec 9>"$cache/contract-tools.lock"
 flock 9
 req=tests/contract/requirements.txt
-venv="$cache/venv-contract-$(sha256sum "$req" | cut -c1-12)"
+# The newest Python 3.12+ found (Python 3.11's ast.parse can fail inside hypothesis with "AST constructor
+# recursion depth mismatch", a CPython bug), else python3.
+python=python3
+for p in "$HOME"/.pyenv/versions/3.13*/bin/python3 "$HOME"/.pyenv/versions/3.12*/bin/python3 /usr/bin/python3.13 \
+  /usr/bin/python3.12; do
+  if [ -x "$p" ] && "$p" -c 'import venv' >/dev/null 2>&1; then python="$p"; break; fi
+done
+venv="$cache/venv-contract-$( (cat "$req"; "$python" --version) | sha256sum | cut -c1-12)"
 if [ ! -x "$venv/bin/schemathesis" ]; then
   rm -rf "$venv"
-  python3 -m venv "$venv" >&2
+  "$python" -m venv "$venv" >&2
   "$venv/bin/pip" install --quiet -r "$req" >&2
 fi
 echo "venv=$venv"

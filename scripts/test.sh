@@ -13,7 +13,7 @@ export SKILLGRAFT_UI_NODE_MODULES
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 set +e
-SKILLGRAFT_REQUIRE_MODEL=1 SKILLGRAFT_REQUIRE_BROWSER=1 cargo test --release "$@" 2>&1 | tee "$log"
+SKILLGRAFT_REQUIRE_MODEL=1 SKILLGRAFT_REQUIRE_BROWSER=1 cargo test --release --no-fail-fast "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 awk '/^test result:/ { for (i = 1; i < NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }

@@ -238,9 +238,7 @@ impl TaskSpec {
             .with_context(|| format!("cannot read task spec {}", path.display()))?;
         let mut spec = TaskSpec::from_json_str(&text)
             .with_context(|| format!("invalid task spec {}", path.display()))?;
-        let folder = path.parent().unwrap_or(Path::new("."));
-        let folder = std::path::absolute(folder).unwrap_or_else(|_| folder.to_path_buf());
-        spec.resolve_paths(&folder);
+        spec.resolve_paths(&spec_folder(path));
         spec.schema = None;
         spec.comment = None;
         Ok(spec)
@@ -302,6 +300,17 @@ impl TaskSpec {
             Some(t) => render_template(t, ex, mask_token),
             None => ex.text.clone(),
         }
+    }
+}
+
+/// The folder a spec file's relative paths are read against, made absolute: the file's own folder, or the
+/// current directory for a bare file name (whose parent is the empty path).
+fn spec_folder(path: &Path) -> std::path::PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => {
+            std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+        }
+        _ => std::env::current_dir().unwrap_or_else(|_| Path::new(".").to_path_buf()),
     }
 }
 
@@ -510,5 +519,25 @@ mod tests {
         let s = schema();
         assert_eq!(s["additionalProperties"], false);
         assert_eq!(s["required"], serde_json::json!(["name", "labels"]));
+    }
+
+    #[test]
+    fn a_bare_spec_file_name_reads_paths_against_the_current_directory() {
+        let cwd = std::env::current_dir().expect("cwd");
+        assert_eq!(spec_folder(Path::new("tone.json")), cwd);
+        assert_eq!(spec_folder(Path::new("specs/tone.json")), cwd.join("specs"));
+        assert_eq!(
+            spec_folder(Path::new("/data/tone.json")),
+            Path::new("/data")
+        );
+        let mut spec = TaskSpec::from_json_str(
+            r#"{"name": "tone", "labels": ["a", "b"],
+                "source": {"kind": "table", "file": "tone.csv", "text_column": "t", "label_column": "l"}}"#,
+        )
+        .expect("spec");
+        spec.resolve_paths(&spec_folder(Path::new("tone.json")));
+        let json = serde_json::to_string(&spec).expect("json");
+        let resolved = cwd.join("tone.csv");
+        assert!(json.contains(&*resolved.to_string_lossy()), "{json}");
     }
 }

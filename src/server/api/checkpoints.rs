@@ -32,6 +32,7 @@ pub struct CheckpointInfo {
 
 /// `?head=…` of an upload.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UploadQuery {
     /// The checkpoint's head when it does not carry one: a kind (`prototype`; its descriptions then come
     /// with the job), or a JSON head `{"kind": "prototype", "labels": [..], "descriptions": [..],

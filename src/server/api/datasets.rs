@@ -20,6 +20,7 @@ use utoipa::IntoParams;
 
 /// How to read an uploaded data file (all optional: the file is inspected for the rest).
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DatasetQuery {
     /// Display name (default: `filename` without extension).
     #[serde(default)]
