@@ -77,7 +77,7 @@ pub struct DatasetInfo {
     pub split_column: Option<String>,
     /// Size of the upload, bytes.
     pub bytes: usize,
-    /// Upload time (seconds since the Unix epoch).
+    /// Upload time (seconds since the Unix epoch), stamped by whoever stores the data set (0 until then).
     pub created_unix: u64,
 }
 
@@ -200,7 +200,7 @@ pub fn normalize(
         label_column: seen.label_column.clone(),
         split_column: seen.split_column.clone(),
         bytes: bytes.len(),
-        created_unix: crate::graft::unix_now(),
+        created_unix: 0,
     };
     Ok((info, out))
 }

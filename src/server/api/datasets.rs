@@ -119,8 +119,9 @@ pub async fn upload_dataset(
     let st = s.clone();
     let info = blocking(move || {
         let bytes = std::fs::read(scratch.path()).map_err(ApiError::internal)?;
-        let (info, jsonl) = normalize(&bytes, &file_name, &opts)
+        let (mut info, jsonl) = normalize(&bytes, &file_name, &opts)
             .map_err(|e| ApiError::invalid(format!("{e:#}")))?;
+        info.created_unix = crate::graft::unix_now();
         let description = serde_json::to_vec(&info).map_err(ApiError::internal)?;
         st.store
             .put_dataset(&info.id, &jsonl, &description)
