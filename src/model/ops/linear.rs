@@ -272,35 +272,9 @@ fn backward<T: GemmScalar + Real + WithDType>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_tensors::{det, max_diff};
     use super::*;
-    use candle_core::{Device, Var};
-
-    fn det(shape: &[usize], seed: u64) -> Tensor {
-        let n: usize = shape.iter().product();
-        let mut s = seed;
-        let v: Vec<f64> = (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
-            })
-            .collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).expect("tensor")
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-        (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
-    }
+    use candle_core::Var;
 
     /// The composed reference: candle's matmul and broadcast add.
     fn composed(x: &Tensor, w: &Tensor, b: &Tensor) -> Tensor {

@@ -21,6 +21,8 @@ mod cuda;
 pub mod gemm;
 mod linear;
 pub mod sparse;
+#[cfg(test)]
+mod test_tensors;
 
 pub use attention::attention;
 use candle_core::{
