@@ -218,6 +218,17 @@ pub struct DataArgs {
     /// Directory of the data sets of built-in tasks.
     #[arg(long, env = "SKILLGRAFT_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// How train and dev are drawn.
+    #[command(flatten)]
+    sample: SplitArgs,
+    /// Cap the test set (deterministic subsample) for quick runs.
+    #[arg(long)]
+    max_test: Option<usize>,
+}
+
+/// How train and dev are made from a task's data (`--split`, `--k`, `--cap-k`, `--seed`).
+#[derive(Args, Debug, Clone)]
+pub struct SplitArgs {
     /// How train and dev are made: few-shot (K per class drawn with --seed) or given (the data's own
     /// train/dev/test splits, as they are).
     #[arg(long, value_parser = ["few-shot", "given"], default_value = "few-shot")]
@@ -231,9 +242,20 @@ pub struct DataArgs {
     /// Few-shot sampling seed.
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Cap the test set (deterministic subsample) for quick runs.
-    #[arg(long)]
-    max_test: Option<usize>,
+}
+
+impl SplitArgs {
+    /// The split rule these flags describe.
+    fn rule(&self) -> SplitRule {
+        match self.split.as_str() {
+            "given" => SplitRule::Given,
+            _ => SplitRule::FewShot {
+                k: self.k,
+                seed: self.seed,
+                cap_k: self.cap_k,
+            },
+        }
+    }
 }
 
 /// A head given for a checkpoint that does not say its own (e.g. a body fine-tuned with PyTorch behind a
@@ -461,19 +483,8 @@ impl DataArgs {
         self.data_dir.clone().unwrap_or_else(data::data_dir_default)
     }
 
-    fn rule(&self) -> SplitRule {
-        match self.split.as_str() {
-            "given" => SplitRule::Given,
-            _ => SplitRule::FewShot {
-                k: self.k,
-                seed: self.seed,
-                cap_k: self.cap_k,
-            },
-        }
-    }
-
     fn split(&self, task: &TaskSpec) -> Result<FewShotSplit> {
-        data::split_task(task, &self.data_dir(), &self.rule(), self.max_test)
+        data::split_task(task, &self.data_dir(), &self.sample.rule(), self.max_test)
     }
 }
 
@@ -611,7 +622,7 @@ fn cmd_finetune(a: FinetuneArgs) -> Result<()> {
     let task = a.data.task()?;
     let split = a.data.split(&task)?;
     let head = base.head_spec(a.head, &task, a.temperature, a.pooling)?;
-    let head_tensors = base.init_head(&head, a.data.seed)?;
+    let head_tensors = base.init_head(&head, a.data.sample.seed)?;
     let mut tensors = base.model.weights.deep_clone()?.tensors;
     tensors.extend(head_tensors);
     let optimizer = match a.optimizer.as_str() {
@@ -644,7 +655,7 @@ fn cmd_finetune(a: FinetuneArgs) -> Result<()> {
         l1: a.l1,
         scope,
         train_embeddings: a.train_embeddings,
-        seed: a.data.seed,
+        seed: a.data.sample.seed,
     };
     let inputs = base.inputs(head.clone());
     let mut rep = Reporter::new();

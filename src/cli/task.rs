@@ -74,18 +74,9 @@ pub(super) struct CheckArgs {
     /// Check the fields this head needs too: prototype, prompt, or any classifier.
     #[arg(long, value_enum)]
     head: Option<InitHead>,
-    /// How train and dev are made: few-shot or given.
-    #[arg(long, value_parser = ["few-shot", "given"], default_value = "few-shot")]
-    split: String,
-    /// Examples per class (few-shot split).
-    #[arg(long, default_value_t = 16)]
-    k: usize,
-    /// Cap K per class at half of small classes instead of refusing.
-    #[arg(long)]
-    cap_k: bool,
-    /// Few-shot seed.
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
+    /// How train and dev are drawn.
+    #[command(flatten)]
+    sample: super::SplitArgs,
     /// Print one JSON document.
     #[arg(long)]
     json: bool,
@@ -224,14 +215,7 @@ fn check(a: CheckArgs) -> Result<()> {
     }
     let data = data::load_examples(&spec, Path::new("."))
         .with_context(|| format!("task spec {}", a.spec.display()))?;
-    let rule = match a.split.as_str() {
-        "given" => SplitRule::Given,
-        _ => SplitRule::FewShot {
-            k: a.k,
-            seed: a.seed,
-            cap_k: a.cap_k,
-        },
-    };
+    let rule = a.sample.rule();
     let counts = |ex: &[data::Example]| {
         let mut c = vec![0usize; spec.labels.len()];
         for e in ex {
