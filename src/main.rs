@@ -3,6 +3,7 @@
 use clap::Parser;
 
 fn main() {
+    skillgraft::model::ops::heap::keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),

@@ -8,6 +8,7 @@
 //!   multi-head [`attention`]: on the CPU custom ops over BLIS or the `gemm` crate ([`gemm`]), with
 //!   hand-written backward passes; elsewhere candle's matmul and broadcast ops.
 //! - Sparse per-row corrections for batches that mix tasks ([`sparse`]).
+//! - The heap policy for activation buffers ([`heap`]).
 //! - In-place access to weights: [`scatter_set`] (device-side, for grafts written into the weights),
 //!   [`write_f32`] / [`with_f32_slice`] (host-side views, copied through the host on a GPU).
 //!
@@ -19,6 +20,7 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 pub mod gemm;
+pub mod heap;
 mod linear;
 pub mod sparse;
 #[cfg(test)]
