@@ -17,14 +17,18 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-/// A model instance for one task: its own tensors (body + head), the trainable subset and the classifier.
+/// A model instance for one task: its own tensors (body + head), the trainable subset and two classifiers
+/// over the same storage: one that records gradients (training) and one that does not (evaluation).
 pub struct TaskInstance {
-    /// All tensors under canonical names (the classifier shares their storage).
+    /// All tensors under canonical names (both classifiers share their storage).
     pub tensors: BTreeMap<String, Tensor>,
     /// The trainable subset.
     pub params: ParamSet,
-    /// Encoder + head.
+    /// Encoder + head, its trainable tensors the variables of `params` (for losses to differentiate).
     pub classifier: Classifier,
+    /// The same encoder + head over detached views of the same storage: every in-place write to a variable
+    /// is seen here too, but a forward pass records no graph and takes the fused inference ops.
+    pub frozen: Classifier,
     /// Tokenization for this head.
     pub inputs: InputBuilder,
 }
@@ -44,17 +48,29 @@ impl TaskInstance {
             inputs.dtype,
             &inputs.device,
         )?;
+        let detached: BTreeMap<String, Tensor> = tensors
+            .iter()
+            .map(|(n, t)| (n.clone(), t.detach()))
+            .collect();
+        let frozen = Classifier::load(
+            &to_hash_map(&detached),
+            &inputs.config,
+            &inputs.head,
+            inputs.dtype,
+            &inputs.device,
+        )?;
         Ok(Self {
             tensors,
             params,
             classifier,
+            frozen,
             inputs,
         })
     }
 
-    /// Logits of examples (no gradient).
+    /// Logits of examples at the current values of the variables (no gradient, no graph).
     pub fn logits(&self, examples: &[Example], batch_size: usize) -> Result<Vec<Vec<f32>>> {
-        self.inputs.logits(&self.classifier, examples, batch_size)
+        self.inputs.logits(&self.frozen, examples, batch_size)
     }
 
     /// Accuracy on examples.
@@ -74,6 +90,37 @@ impl TaskInstance {
         let y: Vec<u32> = labels.iter().map(|&l| l as u32).collect();
         let y = Tensor::from_vec(y, labels.len(), &self.inputs.device)?;
         Ok(candle_nn::loss::cross_entropy(&logits, &y)?)
+    }
+
+    /// Σ_i `weights[i]` · cross-entropy of example i, as a differentiable scalar, from one forward pass.
+    pub fn weighted_loss(
+        &self,
+        texts: &[TextInput],
+        labels: &[usize],
+        weights: &[f32],
+    ) -> Result<Tensor> {
+        if texts.len() != labels.len() || texts.len() != weights.len() {
+            bail!(
+                "internal: {} texts, {} labels, {} weights",
+                texts.len(),
+                labels.len(),
+                weights.len()
+            );
+        }
+        let enc = self
+            .inputs
+            .tokenizer
+            .encode(texts, self.inputs.head.uses_prompt())?;
+        let input = enc.to_input(&self.inputs.config, &self.inputs.device, self.inputs.dtype)?;
+        let logits = self.classifier.logits(&input)?;
+        let dev = &self.inputs.device;
+        let y: Vec<u32> = labels.iter().map(|&l| l as u32).collect();
+        let y = Tensor::from_vec(y, (labels.len(), 1), dev)?;
+        let w = Tensor::from_vec(weights.to_vec(), labels.len(), dev)?.to_dtype(logits.dtype())?;
+        let picked = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)?
+            .gather(&y, 1)?
+            .squeeze(1)?;
+        Ok((picked * w)?.sum_all()?.neg()?)
     }
 
     /// Current values of the trainable tensors.
