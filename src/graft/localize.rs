@@ -16,7 +16,7 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 /// How the graft is found.
@@ -213,9 +213,10 @@ impl GraftableModel {
     }
 
     /// Calls `visit(offset, gradient)` for each region tensor's gradient of Σ over `batches` of the batch's
-    /// mean loss; returns that sum. Consecutive batches share one forward and backward pass (at most
-    /// [`PASS_EXAMPLES`] examples, each weighted 1/|its batch|): the same objective as one pass per batch,
-    /// with products large enough to run near the machine's speed. `visit` runs once per pass and tensor.
+    /// mean loss; returns that sum. Consecutive batches share one backward pass (at most [`PASS_EXAMPLES`]
+    /// examples, each weighted 1/|its batch|), their examples regrouped by length into sub-batches of at
+    /// most [`PASS_TOKENS`] padded tokens: the same objective as one pass per batch, with less padding and
+    /// fewer, larger products. `visit` runs once per pass and tensor.
     fn visit_gradient(
         &self,
         batches: &[(Vec<TextInput>, Vec<usize>)],
@@ -223,9 +224,9 @@ impl GraftableModel {
     ) -> Result<f64> {
         let mut total = 0.0;
         for pass in merged_passes(batches, PASS_EXAMPLES) {
-            let loss = self
-                .inst
-                .weighted_loss(&pass.texts, &pass.labels, &pass.weights)?;
+            let loss =
+                self.inst
+                    .weighted_loss(&pass.texts, &pass.labels, &pass.weights, PASS_TOKENS)?;
             total += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             let grads = loss.backward()?;
             let g = self.inst.params.gradients(&grads)?;
@@ -355,6 +356,9 @@ fn sigmoid(x: f32) -> f32 {
 /// [`GraftableModel::visit_gradient`]).
 pub const PASS_EXAMPLES: usize = 64;
 
+/// Padded tokens per sub-batch of a merged pass (examples of similar length run together).
+pub const PASS_TOKENS: usize = 512;
+
 /// One forward + backward pass over several batches: their examples, each weighted 1/|its batch|.
 #[derive(Debug, Clone, PartialEq)]
 struct MergedPass {
@@ -439,6 +443,9 @@ pub fn localize(
     let base_patch = top_k(&abs, k);
     let train_batches = batches(model, &split.train, opts.batch_size)?;
     let mut history = Vec::new();
+    // Train and dev accuracy of each mask (and values) evaluated so far: a rounded mask often stays the same
+    // for several epochs, and the same point has the same accuracies.
+    let mut seen: HashMap<(Vec<u32>, Vec<u32>), (f64, f64)> = HashMap::new();
     // Sets the model to the mask (with `values` in place of the fine-tuned ones, when given), records the
     // epoch and returns train + dev accuracy.
     let mut evaluate = |epoch: usize,
@@ -448,11 +455,22 @@ pub fn localize(
                         unprojected_size: Option<usize>,
                         t0: Instant|
      -> Result<(f64, EpochReport)> {
-        match values {
-            Some(v) => model.set_values(mask, v)?,
-            None => model.set_mask(mask)?,
-        }
-        let (tr, dv) = model.accuracies(split)?;
+        let key = (
+            mask.to_vec(),
+            values.map_or_else(Vec::new, |v| v.iter().map(|x| x.to_bits()).collect()),
+        );
+        let (tr, dv) = match seen.get(&key) {
+            Some(&known) => known,
+            None => {
+                match values {
+                    Some(v) => model.set_values(mask, v)?,
+                    None => model.set_mask(mask)?,
+                }
+                let measured = model.accuracies(split)?;
+                seen.insert(key, measured);
+                measured
+            }
+        };
         let r = EpochReport {
             epoch,
             mask_size: mask.len(),
