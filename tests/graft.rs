@@ -559,3 +559,52 @@ fn engine_mixed_task_batches_match_grafts_applied_in_place() {
         "both requests ran in one batch"
     );
 }
+
+/// Σ over batches of ∇(batch mean loss) ⊙ Δ, computed by localization in merged passes (one forward and
+/// backward over several batches, each example weighted 1/|its batch|), equals the sum of one pass per
+/// batch, with batches of unequal size.
+#[test]
+fn merged_gradient_passes_equal_one_pass_per_batch() {
+    let s = setup();
+    let m = graftable(&s);
+    m.set_point(&|i| if i % 3 == 0 { 0.7 } else { 0.2 })
+        .unwrap();
+    let texts = m.inst.inputs.texts(&s.split.train).unwrap();
+    let labels: Vec<usize> = s.split.train.iter().map(|e| e.label).collect();
+    let batches: Vec<(Vec<skillgraft::model::TextInput>, Vec<usize>)> = [0..4, 4..5, 5..6]
+        .into_iter()
+        .map(|r| (texts[r.clone()].to_vec(), labels[r].to_vec()))
+        .collect();
+    let (merged, merged_loss) = m.gradient_times_delta(&batches).unwrap();
+    let mut want = vec![0f64; m.region.len()];
+    let mut want_loss = 0.0;
+    for (t, l) in &batches {
+        let loss = m.inst.batch_loss(t, l).unwrap();
+        want_loss += loss.to_scalar::<f32>().unwrap() as f64;
+        let grads = m.inst.params.gradients(&loss.backward().unwrap()).unwrap();
+        let mut at = 0;
+        for g in grads {
+            for v in g.flatten_all().unwrap().to_vec1::<f32>().unwrap() {
+                want[at] += v as f64 * m.delta[at] as f64;
+                at += 1;
+            }
+        }
+    }
+    want_loss /= batches.len() as f64;
+    assert!(
+        (merged_loss - want_loss).abs() <= 1e-5 * want_loss.abs(),
+        "{merged_loss} vs {want_loss}"
+    );
+    let norm = want.iter().map(|v| v * v).sum::<f64>().sqrt();
+    let diff = merged
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (*a as f64 - b).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    assert!(norm > 0.0, "the gradient should not vanish");
+    assert!(
+        diff <= 1e-5 * norm,
+        "‖merged − per batch‖ {diff} vs ‖·‖ {norm}"
+    );
+}

@@ -393,3 +393,40 @@ fn minilm_matches_transformers() {
         );
     }
 }
+
+/// The first-token path (last layer on [CLS] rows only, what classifier heads use) equals row 0 of the full
+/// forward, with padding in the batch, on both tiny architectures.
+#[test]
+fn first_token_forward_equals_row_zero_of_the_full_forward() {
+    for name in ["tiny-bert-cls", "tiny-roberta-cls"] {
+        let dir = common::fixtures_dir().join(name);
+        let r = json(&dir.join("reference.json"));
+        let model = LoadedModel::load(&dir, &Device::Cpu).expect("load tiny model");
+        let batch = batch_from_fixture(&r);
+        assert!(
+            batch.mask.contains(&0),
+            "{name}: the fixture batch should have padding"
+        );
+        let vb = candle_nn::VarBuilder::from_tensors(
+            to_hash_map(&model.weights.tensors),
+            DType::F32,
+            &Device::Cpu,
+        );
+        let encoder = skillgraft::model::Encoder::load(vb, &model.config).expect("encoder");
+        let input = batch
+            .to_input(&model.config, &Device::Cpu, DType::F32)
+            .unwrap();
+        let full = encoder.forward(&input).unwrap();
+        let (b, _, h) = full.dims3().unwrap();
+        let want = full.narrow(1, 0, 1).unwrap().flatten_all().unwrap();
+        let got = encoder.forward_first_token(&input).unwrap();
+        assert_eq!(got.dims(), &[b, 1, h], "{name}: shape");
+        assert_close(
+            &format!("{name} first-token hidden states"),
+            &got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            &want.to_vec1::<f32>().unwrap(),
+            1e-6,
+            0.0,
+        );
+    }
+}

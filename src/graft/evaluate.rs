@@ -2,10 +2,11 @@
 //! the fine-tuned model (full mask), each uncalibrated and with the calibration decided on dev
 //! ([`crate::calibration`]).
 
-use super::localize::GraftableModel;
+use super::localize::{GraftableModel, EVAL_BATCH};
 use crate::calibration::{decide, CalibrationDecision, CalibrationPolicy};
 use crate::data::{Example, FewShotSplit};
 use crate::metrics::{evaluate_logits, ClassificationReport};
+use crate::model::predict::accuracy;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
@@ -69,9 +70,11 @@ pub fn evaluate_variants(
     let mut out = Vec::new();
     for (name, v) in variants {
         model.set_variant(*v)?;
-        let (train_accuracy, dev_accuracy) = model.accuracies(split)?;
-        let logits = model.logits(eval)?;
+        model.check_cancelled()?;
+        let train_accuracy = model.inst.accuracy(&split.train, EVAL_BATCH)?;
         let dev_logits = model.logits(&split.dev)?;
+        let dev_accuracy = accuracy(&dev_logits, &dev_labels);
+        let logits = model.logits(eval)?;
         let calibration = decide(&dev_logits, &dev_labels, policy)?;
         let temperature = calibration.temperature;
         out.push(VariantReport {

@@ -16,7 +16,7 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 /// How the graft is found.
@@ -109,6 +109,9 @@ const REFIT_STEPS_PER_EPOCH: usize = 4;
 fn default_refit_lr() -> f64 {
     1e-3
 }
+
+/// Examples per forward pass when evaluating (length-sorted batches, see [`InputBuilder::logits`]).
+pub const EVAL_BATCH: usize = 64;
 
 /// A model instance that can be set to any point θ_pre + frac ⊙ Δ of the region.
 pub struct GraftableModel {
@@ -209,23 +212,30 @@ impl GraftableModel {
         Ok(())
     }
 
-    /// Calls `visit(offset, gradient)` for each region tensor's gradient of one batch's mean loss; returns
-    /// the loss.
+    /// Calls `visit(offset, gradient)` for each region tensor's gradient of Σ over `batches` of the batch's
+    /// mean loss; returns that sum. Consecutive batches share one backward pass (at most [`PASS_EXAMPLES`]
+    /// examples, each weighted 1/|its batch|), their examples regrouped by length into sub-batches of at
+    /// most [`PASS_TOKENS`] padded tokens: the same objective as one pass per batch, with less padding and
+    /// fewer, larger products. `visit` runs once per pass and tensor.
     fn visit_gradient(
         &self,
-        texts: &[TextInput],
-        labels: &[usize],
+        batches: &[(Vec<TextInput>, Vec<usize>)],
         visit: &mut dyn FnMut(usize, &[f32]),
     ) -> Result<f64> {
-        let loss = self.inst.batch_loss(texts, labels)?;
-        let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        let grads = loss.backward()?;
-        let g = self.inst.params.gradients(&grads)?;
-        for (t, gt) in g.iter().enumerate() {
-            let o = self.region.offsets[t];
-            with_f32_slice(gt, |gs| visit(o, gs))?;
+        let mut total = 0.0;
+        for pass in merged_passes(batches, PASS_EXAMPLES) {
+            let loss =
+                self.inst
+                    .weighted_loss(&pass.texts, &pass.labels, &pass.weights, PASS_TOKENS)?;
+            total += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            let grads = loss.backward()?;
+            let g = self.inst.params.gradients(&grads)?;
+            for (t, gt) in g.iter().enumerate() {
+                let o = self.region.offsets[t];
+                with_f32_slice(gt, |gs| visit(o, gs))?;
+            }
         }
-        Ok(value)
+        Ok(total)
     }
 
     /// Sets the model to the fine-tuned point (bit for bit).
@@ -243,30 +253,27 @@ impl GraftableModel {
         batches: &[(Vec<TextInput>, Vec<usize>)],
     ) -> Result<(Vec<f32>, f64)> {
         let mut acc = vec![0f32; self.region.len()];
-        let mut loss_sum = 0.0;
-        for (texts, labels) in batches {
-            loss_sum += self.visit_gradient(texts, labels, &mut |o, gs| {
-                for (j, &v) in gs.iter().enumerate() {
-                    acc[o + j] += v * self.delta[o + j];
-                }
-            })?;
-        }
+        let loss_sum = self.visit_gradient(batches, &mut |o, gs| {
+            for (j, &v) in gs.iter().enumerate() {
+                acc[o + j] += v * self.delta[o + j];
+            }
+        })?;
         Ok((acc, loss_sum / batches.len().max(1) as f64))
     }
 
-    /// The gradient of one batch's mean loss at the masked coordinates (aligned with `mask`), and the loss.
+    /// Σ over batches of the gradient of the batch's mean loss at the masked coordinates (aligned with
+    /// `mask`), and Σ of the batches' mean losses.
     pub fn masked_gradient(
         &self,
-        texts: &[TextInput],
-        labels: &[usize],
+        batches: &[(Vec<TextInput>, Vec<usize>)],
         mask: &[u32],
     ) -> Result<(Vec<f32>, f64)> {
         let mut out = vec![0f32; mask.len()];
-        let loss = self.visit_gradient(texts, labels, &mut |o, gs| {
+        let loss = self.visit_gradient(batches, &mut |o, gs| {
             let lo = mask.partition_point(|&i| (i as usize) < o);
             let hi = mask.partition_point(|&i| (i as usize) < o + gs.len());
             for j in lo..hi {
-                out[j] = gs[mask[j] as usize - o];
+                out[j] += gs[mask[j] as usize - o];
             }
         })?;
         Ok((out, loss))
@@ -288,14 +295,14 @@ impl GraftableModel {
     pub fn accuracies(&self, split: &FewShotSplit) -> Result<(f64, f64)> {
         self.check_cancelled()?;
         Ok((
-            self.inst.accuracy(&split.train, 64)?,
-            self.inst.accuracy(&split.dev, 64)?,
+            self.inst.accuracy(&split.train, EVAL_BATCH)?,
+            self.inst.accuracy(&split.dev, EVAL_BATCH)?,
         ))
     }
 
     /// Logits of examples at the current point.
     pub fn logits(&self, examples: &[Example]) -> Result<Vec<Vec<f32>>> {
-        self.inst.logits(examples, 64)
+        self.inst.logits(examples, EVAL_BATCH)
     }
 }
 
@@ -343,6 +350,48 @@ pub struct Localization {
 
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
+}
+
+/// Examples per forward + backward pass when gradients are summed over batches (see
+/// [`GraftableModel::visit_gradient`]).
+pub const PASS_EXAMPLES: usize = 64;
+
+/// Padded tokens per sub-batch of a merged pass (examples of similar length run together).
+pub const PASS_TOKENS: usize = 512;
+
+/// One forward + backward pass over several batches: their examples, each weighted 1/|its batch|.
+#[derive(Debug, Clone, PartialEq)]
+struct MergedPass {
+    texts: Vec<TextInput>,
+    labels: Vec<usize>,
+    weights: Vec<f32>,
+}
+
+/// Consecutive batches merged into passes of at most `max_examples` examples (a larger batch is a pass of
+/// its own), so that a pass's weighted loss is the sum of its batches' mean losses.
+fn merged_passes(batches: &[(Vec<TextInput>, Vec<usize>)], max_examples: usize) -> Vec<MergedPass> {
+    let mut out: Vec<MergedPass> = Vec::new();
+    for (texts, labels) in batches {
+        if texts.is_empty() {
+            continue;
+        }
+        let fits = out
+            .last()
+            .is_some_and(|p| p.texts.len() + texts.len() <= max_examples);
+        if !fits {
+            out.push(MergedPass {
+                texts: Vec::new(),
+                labels: Vec::new(),
+                weights: Vec::new(),
+            });
+        }
+        let pass = out.last_mut().expect("a pass was just pushed");
+        pass.texts.extend(texts.iter().cloned());
+        pass.labels.extend(labels);
+        pass.weights
+            .extend(std::iter::repeat_n(1.0 / texts.len() as f32, texts.len()));
+    }
+    out
 }
 
 fn batches(
@@ -394,6 +443,9 @@ pub fn localize(
     let base_patch = top_k(&abs, k);
     let train_batches = batches(model, &split.train, opts.batch_size)?;
     let mut history = Vec::new();
+    // Train and dev accuracy of each mask (and values) evaluated so far: a rounded mask often stays the same
+    // for several epochs, and the same point has the same accuracies.
+    let mut seen: HashMap<(Vec<u32>, Vec<u32>), (f64, f64)> = HashMap::new();
     // Sets the model to the mask (with `values` in place of the fine-tuned ones, when given), records the
     // epoch and returns train + dev accuracy.
     let mut evaluate = |epoch: usize,
@@ -403,11 +455,22 @@ pub fn localize(
                         unprojected_size: Option<usize>,
                         t0: Instant|
      -> Result<(f64, EpochReport)> {
-        match values {
-            Some(v) => model.set_values(mask, v)?,
-            None => model.set_mask(mask)?,
-        }
-        let (tr, dv) = model.accuracies(split)?;
+        let key = (
+            mask.to_vec(),
+            values.map_or_else(Vec::new, |v| v.iter().map(|x| x.to_bits()).collect()),
+        );
+        let (tr, dv) = match seen.get(&key) {
+            Some(&known) => known,
+            None => {
+                match values {
+                    Some(v) => model.set_values(mask, v)?,
+                    None => model.set_mask(mask)?,
+                }
+                let measured = model.accuracies(split)?;
+                seen.insert(key, measured);
+                measured
+            }
+        };
         let r = EpochReport {
             epoch,
             mask_size: mask.len(),
@@ -442,14 +505,8 @@ pub fn localize(
                 for chunk in train_batches.chunks(group) {
                     model.check_cancelled()?;
                     model.set_values(&base_patch, &v)?;
-                    let mut g = vec![0f32; k];
-                    for (texts, labels) in chunk {
-                        let (gb, loss) = model.masked_gradient(texts, labels, &base_patch)?;
-                        loss_sum += loss;
-                        for (a, b) in g.iter_mut().zip(&gb) {
-                            *a += b;
-                        }
-                    }
+                    let (mut g, loss) = model.masked_gradient(chunk, &base_patch)?;
+                    loss_sum += loss;
                     let n = chunk.len() as f32;
                     for x in g.iter_mut() {
                         *x /= n;
@@ -581,6 +638,49 @@ pub fn localize(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn merged_passes_keep_batches_whole_and_weight_by_batch_size() {
+        let batch = |n: usize, first: usize| -> (Vec<TextInput>, Vec<usize>) {
+            (
+                (first..first + n)
+                    .map(|i| TextInput::single(format!("t{i}")))
+                    .collect(),
+                (first..first + n).collect(),
+            )
+        };
+        let batches = vec![
+            batch(3, 0),
+            batch(3, 3),
+            batch(2, 6),
+            batch(5, 8),
+            batch(0, 13),
+        ];
+        let passes = merged_passes(&batches, 6);
+        let sizes: Vec<usize> = passes.iter().map(|p| p.texts.len()).collect();
+        assert_eq!(
+            sizes,
+            vec![6, 2, 5],
+            "batches are never split across passes"
+        );
+        let labels: Vec<usize> = passes.iter().flat_map(|p| p.labels.clone()).collect();
+        assert_eq!(
+            labels,
+            (0..13).collect::<Vec<_>>(),
+            "every example once, in order"
+        );
+        assert_eq!(passes[1].weights, vec![0.5, 0.5]);
+        let total: f32 = passes.iter().flat_map(|p| &p.weights).sum();
+        assert!(
+            (total - 4.0).abs() < 1e-6,
+            "weights sum to the number of non-empty batches"
+        );
+        assert_eq!(
+            merged_passes(&[batch(9, 0)], 4)[0].texts.len(),
+            9,
+            "a large batch is its own pass"
+        );
+    }
 
     #[test]
     fn top_k_selects_largest_with_index_tie_break() {

@@ -6,7 +6,7 @@
 //! and in the number of token types, both handled in [`EncodedBatch`](super::tokenize::EncodedBatch).
 
 use super::config::ModelConfig;
-use super::ops::{attention, layer_norm, linear, linear_gelu, linear_residual};
+use super::ops::{attention, layer_norm, linear, linear_gelu, linear_residual, softmax_last_dim};
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -248,6 +248,42 @@ impl Layer {
     }
 }
 
+impl Layer {
+    /// The layer's output at each sequence's first token only, (batch, 1, hidden): keys and values come from
+    /// every token, everything after attention runs on one row per sequence. Equal to row 0 of
+    /// [`Layer::forward`] (other rows never feed it), at about a sixth of the cost for 25-token inputs.
+    fn forward_first_token(&self, x: &Tensor, attention_bias: &Tensor) -> Result<Tensor> {
+        let (b, s, h) = x.dims3()?;
+        let dh = h / self.heads;
+        let first = x.narrow(1, 0, 1)?.contiguous()?;
+        let heads = |t: &Tensor, rows: usize| -> Result<Tensor> {
+            t.reshape((b, rows, self.heads, dh))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let q = heads(
+            &(self.query.forward(&first)? * (1.0 / (dh as f64).sqrt()))?,
+            1,
+        )?;
+        let k = heads(&self.key.forward(x)?, s)?;
+        let v = heads(&self.value.forward(x)?, s)?;
+        let scores = q
+            .matmul(&k.t()?)?
+            .broadcast_add(&attention_bias.reshape((b, 1, 1, s))?)?;
+        let ctx = softmax_last_dim(&scores)?
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b, 1, h))?;
+        let a = self
+            .attn_norm
+            .forward(&self.attn_out.forward_residual_with(&ctx, &first, None)?)?;
+        let f = self.ffn_in.forward_gelu_with(&a, None)?;
+        self.out_norm
+            .forward(&self.ffn_out.forward_residual_with(&f, &a, None)?)
+    }
+}
+
 /// The encoder body: embeddings and transformer layers (no pooler; poolers belong to task heads).
 #[derive(Debug, Clone)]
 pub struct Encoder {
@@ -275,6 +311,19 @@ impl Encoder {
     /// Hidden states of the last layer, (batch, seq, hidden).
     pub fn forward(&self, input: &EncoderInput) -> Result<Tensor> {
         self.forward_with(input, None)
+    }
+
+    /// Last-layer hidden states of each sequence's first token, (batch, 1, hidden): what [CLS]-pooled heads
+    /// read, with the last layer computed for those rows only (see [`Layer::forward_first_token`]).
+    pub fn forward_first_token(&self, input: &EncoderInput) -> Result<Tensor> {
+        let Some((last, inner)) = self.layers.split_last() else {
+            return self.embeddings.forward(input)?.narrow(1, 0, 1);
+        };
+        let mut x = self.embeddings.forward(input)?;
+        for layer in inner {
+            x = layer.forward(&x, &input.attention_bias, None)?;
+        }
+        last.forward_first_token(&x, &input.attention_bias)
     }
 
     /// Hidden states with per-row adjustments of the encoder layers (rows of different tasks in one batch).

@@ -287,6 +287,19 @@ impl TaskHead {
         })
     }
 
+    /// Whether the head reads nothing but each sequence's first token ([CLS] / `<s>`).
+    pub fn reads_first_token_only(&self) -> bool {
+        matches!(
+            self,
+            TaskHead::BertClassifier { .. }
+                | TaskHead::RobertaClassifier { .. }
+                | TaskHead::Linear {
+                    pooling: Pooling::Cls,
+                    ..
+                }
+        )
+    }
+
     /// Class logits, (batch, classes).
     pub fn forward(&self, hidden: &Tensor, input: &EncoderInput) -> Result<Tensor> {
         match self {
@@ -351,9 +364,14 @@ impl Classifier {
         Ok(Self { encoder, head })
     }
 
-    /// Class logits, (batch, classes).
+    /// Class logits, (batch, classes). Heads that read only the first token get the last layer computed for
+    /// that token alone ([`Encoder::forward_first_token`]).
     pub fn logits(&self, input: &EncoderInput) -> Result<Tensor> {
-        let hidden = self.encoder.forward(input)?;
+        let hidden = if self.head.reads_first_token_only() {
+            self.encoder.forward_first_token(input)?
+        } else {
+            self.encoder.forward(input)?
+        };
         self.head.forward(&hidden, input)
     }
 }

@@ -17,7 +17,7 @@ pub mod weights;
 pub use config::{Architecture, ModelConfig};
 pub use encoder::{Encoder, EncoderInput};
 pub use heads::{Classifier, HeadSpec, Pooling, TaskHead};
-pub use tokenize::{EncodedBatch, TextEncoder, TextInput};
+pub use tokenize::{EncodedBatch, TextEncoder, TextInput, TokenizedRow};
 pub use weights::{LoadedModel, ModelFiles, WeightMap};
 
 use anyhow::{bail, Result};

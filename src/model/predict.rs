@@ -1,7 +1,7 @@
-//! Batched inference over examples: tokenize, sort by length (less padding), run, restore order.
+//! Batched inference over examples: tokenize, sort by token count (less padding), run, restore order.
 
 use super::heads::{Classifier, HeadSpec};
-use super::tokenize::{TextEncoder, TextInput};
+use super::tokenize::{TextEncoder, TextInput, TokenizedRow};
 use super::ModelConfig;
 use crate::data::Example;
 use anyhow::{bail, Result};
@@ -39,26 +39,25 @@ impl InputBuilder {
         self.logits_for_texts(clf, &texts, batch_size)
     }
 
-    /// Logits for already-built inputs, in input order.
+    /// Logits for already-built inputs, in input order: all inputs are tokenized first, then run in batches
+    /// of `batch_size` sorted by token count (the least padding that batch size allows).
     pub fn logits_for_texts(
         &self,
         clf: &Classifier,
         texts: &[TextInput],
         batch_size: usize,
     ) -> Result<Vec<Vec<f32>>> {
-        let batch_size = batch_size.max(1);
-        let lengths: Vec<usize> = texts
-            .iter()
-            .map(|t| t.text.len() + t.text_b.as_ref().map_or(0, |b| b.len()))
-            .collect();
-        let mut order: Vec<usize> = (0..texts.len()).collect();
-        order.sort_by_key(|&i| (lengths[i], i));
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = self.tokenizer.tokenize(texts, self.head.uses_prompt())?;
         let mut out = vec![Vec::new(); texts.len()];
-        let prompt = self.head.uses_prompt();
-        for chunk in order.chunks(batch_size) {
-            let batch: Vec<TextInput> = chunk.iter().map(|&i| texts[i].clone()).collect();
-            let enc = self.tokenizer.encode(&batch, prompt)?;
-            let input = enc.to_input(&self.config, &self.device, self.dtype)?;
+        for chunk in length_sorted_batches(&rows, batch_size) {
+            let batch: Vec<&TokenizedRow> = chunk.iter().map(|&i| &rows[i]).collect();
+            let input =
+                self.tokenizer
+                    .pad(&batch)
+                    .to_input(&self.config, &self.device, self.dtype)?;
             let logits = clf.logits(&input)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
             for (&i, row) in chunk.iter().zip(logits) {
                 out[i] = row;
@@ -66,6 +65,16 @@ impl InputBuilder {
         }
         Ok(out)
     }
+}
+
+/// Row indices grouped into batches of at most `batch_size`, in order of token count (ties by index).
+pub fn length_sorted_batches(rows: &[TokenizedRow], batch_size: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    order.sort_by_key(|&i| (rows[i].ids.len(), i));
+    order
+        .chunks(batch_size.max(1))
+        .map(<[usize]>::to_vec)
+        .collect()
 }
 
 /// Fraction of rows whose argmax equals the label.
@@ -118,4 +127,28 @@ pub fn prototype_tensor(
     Ok(super::heads::sentence_embeddings(&hidden, &input)?
         .to_dtype(DType::F32)?
         .contiguous()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(len: usize) -> TokenizedRow {
+        TokenizedRow {
+            ids: vec![1; len],
+            type_ids: vec![0; len],
+            mask_position: None,
+        }
+    }
+
+    #[test]
+    fn batches_follow_token_count_and_cover_every_row_once() {
+        let rows: Vec<TokenizedRow> = [9, 3, 7, 3, 12, 1, 7].into_iter().map(row).collect();
+        let batches = length_sorted_batches(&rows, 3);
+        assert_eq!(batches, vec![vec![5, 1, 3], vec![2, 6, 0], vec![4]]);
+        let mut seen: Vec<usize> = batches.concat();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..rows.len()).collect::<Vec<_>>());
+        assert_eq!(length_sorted_batches(&rows, 0).len(), rows.len());
+    }
 }

@@ -26,6 +26,17 @@ impl TextInput {
     }
 }
 
+/// One tokenized input before padding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenizedRow {
+    /// Token ids with special tokens.
+    pub ids: Vec<u32>,
+    /// Token type ids.
+    pub type_ids: Vec<u32>,
+    /// Position of the mask token, when the input is a prompt.
+    pub mask_position: Option<u32>,
+}
+
 /// A padded batch of token ids on the host.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EncodedBatch {
@@ -262,6 +273,13 @@ impl TextEncoder {
     /// Tokenizes and pads a batch (dynamic padding to the longest row, at most `max_len`).
     /// With `want_mask`, every row must contain exactly one mask token (prompt inputs).
     pub fn encode(&self, inputs: &[TextInput], want_mask: bool) -> Result<EncodedBatch> {
+        let rows = self.tokenize(inputs, want_mask)?;
+        Ok(self.pad(&rows.iter().collect::<Vec<_>>()))
+    }
+
+    /// Tokenizes each input (special tokens added, cut to `max_len`), without padding. With `want_mask`,
+    /// every row must contain exactly one mask token (prompt inputs). Errors name the input's index.
+    pub fn tokenize(&self, inputs: &[TextInput], want_mask: bool) -> Result<Vec<TokenizedRow>> {
         if inputs.is_empty() {
             bail!("empty batch");
         }
@@ -273,7 +291,7 @@ impl TextEncoder {
             }
             .map_err(|e| anyhow!("tokenizer failed on input {i}: {e}"))?;
             let mut ids = enc.get_ids().to_vec();
-            let mut types = enc.get_type_ids().to_vec();
+            let mut type_ids = enc.get_type_ids().to_vec();
             if ids.len() > self.max_len {
                 if want_mask {
                     bail!(
@@ -284,26 +302,14 @@ impl TextEncoder {
                 }
                 let last = ids[ids.len() - 1];
                 ids.truncate(self.max_len);
-                types.truncate(self.max_len);
+                type_ids.truncate(self.max_len);
                 ids[self.max_len - 1] = last;
             }
-            rows.push((ids, types));
-        }
-        let seq = rows.iter().map(|r| r.0.len()).max().unwrap_or(1);
-        let batch = rows.len();
-        let mut ids = vec![self.pad_id; batch * seq];
-        let mut type_ids = vec![0u32; batch * seq];
-        let mut mask = vec![0u32; batch * seq];
-        let mut mask_positions = Vec::new();
-        for (r, (ri, rt)) in rows.iter().enumerate() {
-            ids[r * seq..r * seq + ri.len()].copy_from_slice(ri);
-            type_ids[r * seq..r * seq + rt.len()].copy_from_slice(rt);
-            mask[r * seq..r * seq + ri.len()].fill(1);
-            if want_mask {
+            let mask_position = if want_mask {
                 let Some((tok, mid)) = &self.mask_token else {
                     bail!("this tokenizer has no mask token; prompt heads need one");
                 };
-                let hits: Vec<usize> = ri
+                let hits: Vec<usize> = ids
                     .iter()
                     .enumerate()
                     .filter(|(_, &t)| t == *mid)
@@ -311,20 +317,48 @@ impl TextEncoder {
                     .collect();
                 if hits.len() != 1 {
                     bail!(
-                        "input {r} contains {} mask tokens `{tok}`; a prompt needs exactly one",
+                        "input {i} contains {} mask tokens `{tok}`; a prompt needs exactly one",
                         hits.len()
                     );
                 }
-                mask_positions.push(hits[0] as u32);
-            }
+                Some(hits[0] as u32)
+            } else {
+                None
+            };
+            rows.push(TokenizedRow {
+                ids,
+                type_ids,
+                mask_position,
+            });
         }
-        Ok(EncodedBatch {
+        Ok(rows)
+    }
+
+    /// Pads tokenized rows to the longest of them (mask positions kept when every row has one).
+    pub fn pad(&self, rows: &[&TokenizedRow]) -> EncodedBatch {
+        let seq = rows.iter().map(|r| r.ids.len()).max().unwrap_or(1).max(1);
+        let batch = rows.len();
+        let mut ids = vec![self.pad_id; batch * seq];
+        let mut type_ids = vec![0u32; batch * seq];
+        let mut mask = vec![0u32; batch * seq];
+        for (r, row) in rows.iter().enumerate() {
+            let at = r * seq;
+            ids[at..at + row.ids.len()].copy_from_slice(&row.ids);
+            type_ids[at..at + row.type_ids.len()].copy_from_slice(&row.type_ids);
+            mask[at..at + row.ids.len()].fill(1);
+        }
+        let mask_positions = rows
+            .iter()
+            .map(|r| r.mask_position)
+            .collect::<Option<Vec<u32>>>()
+            .filter(|_| !rows.is_empty());
+        EncodedBatch {
             ids,
             type_ids,
             mask,
             batch,
             seq,
-            mask_positions: want_mask.then_some(mask_positions),
-        })
+            mask_positions,
+        }
     }
 }

@@ -7,7 +7,7 @@ use crate::data::{Example, FewShotSplit};
 use crate::model::heads::Classifier;
 use crate::model::ops::{to_f32_vec, write_f32};
 use crate::model::predict::{accuracy, InputBuilder};
-use crate::model::{to_hash_map, Architecture, ParamSet, TextInput};
+use crate::model::{to_hash_map, Architecture, ParamSet, TextInput, TokenizedRow};
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 use optim::{Optimizer, OptimizerConfig};
@@ -17,14 +17,18 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-/// A model instance for one task: its own tensors (body + head), the trainable subset and the classifier.
+/// A model instance for one task: its own tensors (body + head), the trainable subset and two classifiers
+/// over the same storage: one that records gradients (training) and one that does not (evaluation).
 pub struct TaskInstance {
-    /// All tensors under canonical names (the classifier shares their storage).
+    /// All tensors under canonical names (both classifiers share their storage).
     pub tensors: BTreeMap<String, Tensor>,
     /// The trainable subset.
     pub params: ParamSet,
-    /// Encoder + head.
+    /// Encoder + head, its trainable tensors the variables of `params` (for losses to differentiate).
     pub classifier: Classifier,
+    /// The same encoder + head over detached views of the same storage: every in-place write to a variable
+    /// is seen here too, but a forward pass records no graph and takes the fused inference ops.
+    pub frozen: Classifier,
     /// Tokenization for this head.
     pub inputs: InputBuilder,
 }
@@ -44,17 +48,29 @@ impl TaskInstance {
             inputs.dtype,
             &inputs.device,
         )?;
+        let detached: BTreeMap<String, Tensor> = tensors
+            .iter()
+            .map(|(n, t)| (n.clone(), t.detach()))
+            .collect();
+        let frozen = Classifier::load(
+            &to_hash_map(&detached),
+            &inputs.config,
+            &inputs.head,
+            inputs.dtype,
+            &inputs.device,
+        )?;
         Ok(Self {
             tensors,
             params,
             classifier,
+            frozen,
             inputs,
         })
     }
 
-    /// Logits of examples (no gradient).
+    /// Logits of examples at the current values of the variables (no gradient, no graph).
     pub fn logits(&self, examples: &[Example], batch_size: usize) -> Result<Vec<Vec<f32>>> {
-        self.inputs.logits(&self.classifier, examples, batch_size)
+        self.inputs.logits(&self.frozen, examples, batch_size)
     }
 
     /// Accuracy on examples.
@@ -76,6 +92,54 @@ impl TaskInstance {
         Ok(candle_nn::loss::cross_entropy(&logits, &y)?)
     }
 
+    /// Σ_i `weights[i]` · cross-entropy of example i, as a differentiable scalar. The examples are run in
+    /// sub-batches of similar length (at most `max_tokens` padded tokens each, or one example), whose losses
+    /// are summed into one graph: the same value and gradient as one padded batch, with little padding.
+    pub fn weighted_loss(
+        &self,
+        texts: &[TextInput],
+        labels: &[usize],
+        weights: &[f32],
+        max_tokens: usize,
+    ) -> Result<Tensor> {
+        if texts.len() != labels.len() || texts.len() != weights.len() || texts.is_empty() {
+            bail!(
+                "internal: {} texts, {} labels, {} weights",
+                texts.len(),
+                labels.len(),
+                weights.len()
+            );
+        }
+        let rows = self
+            .inputs
+            .tokenizer
+            .tokenize(texts, self.inputs.head.uses_prompt())?;
+        let mut total: Option<Tensor> = None;
+        for part in token_budget_batches(&rows, max_tokens) {
+            let picked: Vec<&TokenizedRow> = part.iter().map(|&i| &rows[i]).collect();
+            let input = self.inputs.tokenizer.pad(&picked).to_input(
+                &self.inputs.config,
+                &self.inputs.device,
+                self.inputs.dtype,
+            )?;
+            let logits = self.classifier.logits(&input)?;
+            let dev = &self.inputs.device;
+            let y: Vec<u32> = part.iter().map(|&i| labels[i] as u32).collect();
+            let y = Tensor::from_vec(y, (part.len(), 1), dev)?;
+            let w: Vec<f32> = part.iter().map(|&i| weights[i]).collect();
+            let w = Tensor::from_vec(w, part.len(), dev)?.to_dtype(logits.dtype())?;
+            let picked = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)?
+                .gather(&y, 1)?
+                .squeeze(1)?;
+            let loss = (picked * w)?.sum_all()?.neg()?;
+            total = Some(match total {
+                Some(t) => (t + loss)?,
+                None => loss,
+            });
+        }
+        total.ok_or_else(|| anyhow::anyhow!("internal: no examples"))
+    }
+
     /// Current values of the trainable tensors.
     pub fn snapshot(&self) -> Result<Vec<Vec<f32>>> {
         Ok(self
@@ -93,6 +157,23 @@ impl TaskInstance {
         }
         Ok(())
     }
+}
+
+/// Row indices sorted by token count and cut into batches of at most `max_tokens` padded tokens (a row
+/// longer than that is a batch of its own).
+pub fn token_budget_batches(rows: &[TokenizedRow], max_tokens: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    order.sort_by_key(|&i| (rows[i].ids.len(), i));
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    for i in order {
+        let len = rows[i].ids.len();
+        match out.last_mut() {
+            // Sorted ascending, so this row is the longest of the batch it joins.
+            Some(b) if (b.len() + 1) * len <= max_tokens => b.push(i),
+            _ => out.push(vec![i]),
+        }
+    }
+    out
 }
 
 /// One epoch of mask optimization (epoch 0 = the starting mask).
@@ -376,4 +457,30 @@ pub fn is_encoder_layer(name: &str) -> bool {
 /// The architecture of an instance's config (convenience for callers holding an [`InputBuilder`]).
 pub fn architecture(inputs: &InputBuilder) -> Result<Architecture> {
     inputs.config.architecture()
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    #[test]
+    fn token_budget_batches_sort_by_length_and_respect_the_budget() {
+        let rows: Vec<TokenizedRow> = [5usize, 30, 4, 6, 12, 40, 7]
+            .into_iter()
+            .map(|n| TokenizedRow {
+                ids: vec![1; n],
+                type_ids: vec![0; n],
+                mask_position: None,
+            })
+            .collect();
+        let b = token_budget_batches(&rows, 24);
+        assert_eq!(b, vec![vec![2, 0, 3], vec![6, 4], vec![1], vec![5]]);
+        for batch in &b {
+            let longest = batch.iter().map(|&i| rows[i].ids.len()).max().unwrap();
+            assert!(batch.len() == 1 || batch.len() * longest <= 24);
+        }
+        let mut all: Vec<usize> = b.concat();
+        all.sort_unstable();
+        assert_eq!(all, (0..rows.len()).collect::<Vec<_>>());
+    }
 }
