@@ -2,6 +2,7 @@
 //! human table or (`--json`) one JSON document on stdout. Progress goes to stderr.
 
 mod bench;
+mod bench_http;
 mod bench_serve;
 mod bench_worker;
 mod compose;
