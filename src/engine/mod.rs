@@ -291,12 +291,7 @@ impl Worker {
             // Take what is queued; then give the clients active around the last batch a moment to come back.
             let deadline = Instant::now() + self.settings.max_wait;
             loop {
-                while pending.len() < MAX_IN_SERVICE {
-                    match rx.try_recv() {
-                        Ok(w) => self.admit(&mut pending, w),
-                        Err(_) => break,
-                    }
-                }
+                self.take_queued(&rx, &mut pending);
                 if !schedule::keep_waiting(
                     pending.len(),
                     expected,
@@ -320,7 +315,19 @@ impl Worker {
                 continue;
             }
             let finished = self.serve_one_batch(&mut pending);
+            // Requests that arrived during the batch count as waiting ones.
+            self.take_queued(&rx, &mut pending);
             expected = (finished + pending.len()).min(MAX_IN_SERVICE);
+        }
+    }
+
+    /// Takes the requests already in the queue (up to `MAX_IN_SERVICE` in service).
+    fn take_queued(&self, rx: &Receiver<Work>, pending: &mut VecDeque<Pending>) {
+        while pending.len() < MAX_IN_SERVICE {
+            match rx.try_recv() {
+                Ok(w) => self.admit(pending, w),
+                Err(_) => break,
+            }
         }
     }
 
