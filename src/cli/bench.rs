@@ -1,5 +1,6 @@
-//! `skillgraft bench`: forward throughput, forward+backward, optimizer steps, graft apply/revert and a full
-//! localization job, as one table (optionally beside PyTorch's times measured in the same sitting).
+//! `skillgraft bench`: forward throughput, forward+backward, optimizer steps, graft apply/revert and a reduced
+//! localization job (SST-2 K=16 train/dev, 64 test sentences, a synthetic fine-tune), as one table
+//! (optionally beside PyTorch's times measured in the same sitting).
 
 use super::engine_bench::{engine_batch_seconds, random_batch};
 use super::table::Table;
@@ -26,7 +27,7 @@ pub struct BenchArgs {
     /// Minimum seconds spent timing each row.
     #[arg(long, default_value_t = 2.0)]
     min_seconds: f64,
-    /// Skip the localization-job row (needs the data sets).
+    /// Skip the reduced localization-job row (needs the data sets).
     #[arg(long)]
     skip_job: bool,
     /// Directory of the data sets (for the localization job).
@@ -232,7 +233,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
         rows.push((format!("graft apply+revert k={k}"), t * 1e3, String::new()));
     }
 
-    // A full localization job: SST-2, K=16, 10 epochs, paper method, prototype head, synthetic fine-tune.
+    // A reduced localization job: SST-2 K=16 train/dev but only 64 test sentences (the real job evaluates
+    // its variants on all 1,821), 10 epochs, paper method, prototype head, a synthetic fine-tune (the base
+    // plus noise) instead of a trained checkpoint.
     if !a.skip_job {
         let dir = a.data_dir.clone().unwrap_or_else(data::data_dir_default);
         let task = data::builtin_task("sst2").context("sst2 task")?;
@@ -265,7 +268,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         localize(&model, &split, &opts, &mut |_| {})?;
         let secs = t0.elapsed().as_secs_f64();
         rows.push((
-            "localization job sst2 K=16 10 epochs".into(),
+            "reduced localization job (SST-2 K=16, 10 epochs, synthetic fine-tune, 64 test sentences)".into(),
             secs * 1e3,
             format!("region {}", model.region.len()),
         ));

@@ -4,7 +4,8 @@
 //! server is restarted, so it starts with every task in its store and none in memory: tasks load on demand.
 //! Per phase: a cold task's first-request latency (tasks never asked for since the restart, one at a time),
 //! then requests/s and p50/p99 latency under load, the server's resident memory, the graft cache and the
-//! engine's per-task device state (read from `/metrics`).
+//! engine's per-task device state (read from `/metrics`). With `--vs-raw`, instead: the server's sentences/s
+//! against the raw model's at the same batch sizes ([`super::serve_vs_raw`]).
 
 use super::table::Table;
 use super::{print_json, ModelArgs};
@@ -25,9 +26,9 @@ pub struct BenchServeArgs {
     /// Task counts, one load phase each (comma-separated; tasks are added between phases).
     #[arg(long, value_delimiter = ',', default_value = "1,100")]
     tasks: Vec<usize>,
-    /// Seconds of load per phase.
+    /// Seconds of load per phase (per measurement with --vs-raw).
     #[arg(long, default_value_t = 15.0)]
-    seconds: f64,
+    pub(super) seconds: f64,
     /// Concurrent client connections.
     #[arg(long, default_value_t = 8)]
     clients: usize,
@@ -36,7 +37,7 @@ pub struct BenchServeArgs {
     texts: usize,
     /// Graft sparsity of the synthetic tasks.
     #[arg(long, default_value_t = 1e-4)]
-    sparsity: f64,
+    pub(super) sparsity: f64,
     /// Which task each request goes to: uniform, or zipf (task i with weight 1/(i+1)^1.1: a few hot tasks
     /// and a long tail).
     #[arg(long, value_parser = ["uniform", "zipf"], default_value = "uniform")]
@@ -54,6 +55,19 @@ pub struct BenchServeArgs {
     /// Concurrent connections importing tasks.
     #[arg(long, default_value_t = 4)]
     import_clients: usize,
+    /// Instead of the task-count phases: the server's sentences/s against the raw model's at each of
+    /// --batch-sizes, same texts and threads (--seconds per measurement; see `serve_vs_raw`).
+    #[arg(long)]
+    vs_raw: bool,
+    /// Texts per model batch for --vs-raw (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+    pub(super) batch_sizes: Vec<usize>,
+    /// Interleaved rounds of every --vs-raw measurement (the median round is reported).
+    #[arg(long, default_value_t = 3)]
+    pub(super) rounds: usize,
+    /// Directory of the data sets (--vs-raw uses SST-2's test sentences when present).
+    #[arg(long, env = "SKILLGRAFT_DATA_DIR")]
+    pub(super) data_dir: Option<std::path::PathBuf>,
 }
 
 fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> Result<(u16, Vec<u8>)> {
@@ -116,7 +130,7 @@ fn pick(rng: &mut impl Rng, cumulative: &[f64]) -> usize {
 }
 
 /// One value of the server's Prometheus text, by metric name.
-fn metric(addr: &str, name: &str) -> Option<f64> {
+pub(super) fn metric(addr: &str, name: &str) -> Option<f64> {
     let (status, body) = http(addr, "GET", "/metrics", b"").ok()?;
     if status != 200 {
         return None;
@@ -252,13 +266,14 @@ impl Drop for Guard {
 }
 
 /// A server process started by the bench.
-struct Server {
+pub(super) struct Server {
     _child: Guard,
-    addr: String,
-    pid: u32,
+    pub(super) addr: String,
+    pub(super) pid: u32,
 }
 
-fn start_server(
+/// Starts `skillgraft serve` with the bench's device, dtype, threads and store on a free port.
+pub(super) fn start_server(
     a: &BenchServeArgs,
     model_dir: &std::path::Path,
     state: &std::path::Path,
@@ -348,7 +363,13 @@ fn cold_latencies(addr: &str, names: &[String], count: usize) -> Result<Vec<f64>
 }
 
 /// Imports synthetic tasks `from..to` over `clients` connections.
-fn import(addr: &str, gen: &SyntheticTasks, from: usize, to: usize, clients: usize) -> Result<()> {
+pub(super) fn import(
+    addr: &str,
+    gen: &SyntheticTasks,
+    from: usize,
+    to: usize,
+    clients: usize,
+) -> Result<()> {
     let next = std::sync::atomic::AtomicUsize::new(from);
     std::thread::scope(|s| -> Result<()> {
         let hs: Vec<_> = (0..clients.max(1))
@@ -384,7 +405,7 @@ fn import(addr: &str, gen: &SyntheticTasks, from: usize, to: usize, clients: usi
     })
 }
 
-fn task_name(i: usize) -> String {
+pub(super) fn task_name(i: usize) -> String {
     format!("task{i:05}")
 }
 
@@ -396,6 +417,9 @@ fn median(v: &[f64]) -> f64 {
 
 /// Runs the serving benchmark.
 pub fn run(a: BenchServeArgs) -> Result<()> {
+    if a.vs_raw {
+        return super::serve_vs_raw::run(&a);
+    }
     let base = a.model.load()?;
     let mut phases_wanted = a.tasks.clone();
     phases_wanted.sort_unstable();

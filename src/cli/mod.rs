@@ -2,6 +2,7 @@
 //! human table or (`--json`) one JSON document on stdout. Progress goes to stderr.
 
 mod bench;
+mod bench_http;
 mod bench_serve;
 mod bench_worker;
 mod compose;
@@ -10,6 +11,7 @@ mod evaluate;
 mod healthcheck;
 mod predict;
 mod selfcheck;
+mod serve_vs_raw;
 mod study;
 mod synthetic;
 mod table;
@@ -170,7 +172,8 @@ struct ServeArgs {
     /// Real tokens per engine batch at most.
     #[arg(long, env = "SKILLGRAFT_MAX_BATCH_TOKENS", default_value_t = 4096)]
     max_batch_tokens: usize,
-    /// How long the engine waits for a batch to fill, milliseconds.
+    /// Longest the engine waits for a batch to fill, milliseconds (only for as many requests as were active
+    /// around its last batch: a lone client's requests run at once).
     #[arg(long, env = "SKILLGRAFT_BATCH_WAIT_MS", default_value_t = 2)]
     batch_wait_ms: u64,
     /// Bytes of per-task state (sparse deltas on the device, heads) the engine keeps; least recently used

@@ -2,9 +2,13 @@
 //! task from it.
 //!
 //! Requests arrive already tokenized (by the caller, off this thread) over a bounded queue; a full queue is
-//! refused at once (the server answers 429). The engine keeps the requests it has taken in arrival order and
-//! builds each batch round robin from them up to a token budget ([`schedule::take_rows`]): a large request is
-//! split across batches, and a small one waits for at most about one batch whatever is queued ahead of it.
+//! refused at once (the server answers 429). Before a batch the engine waits (at most `max_wait`) only until
+//! as many requests are waiting as were active around the last batch (answered by it, or waiting)
+//! ([`schedule::keep_waiting`]): a lone client's requests run at once, and concurrent clients are gathered
+//! into one batch instead of drifting into alternating halves. The engine keeps the requests it has taken in
+//! arrival order and builds each batch round robin from them up to a token budget ([`schedule::take_rows`]):
+//! a large request is split across batches, and a small one waits for at most about one batch whatever is
+//! queued ahead of it.
 //! Requests whose caller has gone away are dropped before any work is done for them.
 //!
 //! A batch's rows are cut into forward passes by length ([`schedule::buckets`]), so short texts are not padded
@@ -58,7 +62,8 @@ pub struct EngineConfig {
     pub queue_capacity: usize,
     /// Real tokens per batch at most.
     pub max_batch_tokens: usize,
-    /// How long the engine waits for more requests to join a batch.
+    /// Longest the engine waits for more requests to join a batch (it waits only for as many as were active
+    /// around its last batch; see [`schedule::keep_waiting`]).
     pub max_wait: Duration,
     /// Compute threads.
     pub threads: usize,
@@ -272,30 +277,33 @@ const MAX_IN_SERVICE: usize = 64;
 impl Worker {
     fn run(&mut self, rx: Receiver<Work>) {
         let mut pending: VecDeque<Pending> = VecDeque::new();
+        // Requests active around the last batch (those it finished, whose clients may send again, and those
+        // still waiting): how many to gather before the next one (see `schedule::keep_waiting`). Unknown at
+        // the start, so the first batch waits the full batch wait.
+        let mut expected = MAX_IN_SERVICE;
         loop {
             if pending.is_empty() {
                 match rx.recv() {
                     Ok(w) => self.admit(&mut pending, w),
                     Err(_) => return,
                 }
-                // Give concurrent requests a moment to join the first batch.
-                let deadline = Instant::now() + self.settings.max_wait;
-                while pending.len() < MAX_IN_SERVICE
-                    && self.waiting_tokens(&pending) < self.settings.max_batch_tokens
-                {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    match rx.recv_timeout(left) {
-                        Ok(w) => self.admit(&mut pending, w),
-                        Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {
-                            break
-                        }
-                    }
-                }
             }
-            while pending.len() < MAX_IN_SERVICE {
-                match rx.try_recv() {
+            // Take what is queued; then give the clients active around the last batch a moment to come back.
+            let deadline = Instant::now() + self.settings.max_wait;
+            loop {
+                self.take_queued(&rx, &mut pending);
+                if !schedule::keep_waiting(
+                    pending.len(),
+                    expected,
+                    self.waiting_tokens(&pending),
+                    self.settings.max_batch_tokens,
+                ) {
+                    break;
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                match rx.recv_timeout(left) {
                     Ok(w) => self.admit(&mut pending, w),
-                    Err(_) => break,
+                    Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
                 }
             }
             let before = pending.len();
@@ -306,7 +314,20 @@ impl Worker {
             if pending.is_empty() {
                 continue;
             }
-            self.serve_one_batch(&mut pending);
+            let finished = self.serve_one_batch(&mut pending);
+            // Requests that arrived during the batch count as waiting ones.
+            self.take_queued(&rx, &mut pending);
+            expected = (finished + pending.len()).min(MAX_IN_SERVICE);
+        }
+    }
+
+    /// Takes the requests already in the queue (up to `MAX_IN_SERVICE` in service).
+    fn take_queued(&self, rx: &Receiver<Work>, pending: &mut VecDeque<Pending>) {
+        while pending.len() < MAX_IN_SERVICE {
+            match rx.try_recv() {
+                Ok(w) => self.admit(pending, w),
+                Err(_) => break,
+            }
         }
     }
 
@@ -322,7 +343,8 @@ impl Worker {
             .sum()
     }
 
-    fn serve_one_batch(&mut self, pending: &mut VecDeque<Pending>) {
+    /// Serves one batch from `pending`; returns how many requests it finished (answered).
+    fn serve_one_batch(&mut self, pending: &mut VecDeque<Pending>) -> usize {
         let views: Vec<(usize, &[usize])> = pending
             .iter()
             .map(|p| (p.done.len(), p.lens.as_slice()))
@@ -372,6 +394,7 @@ impl Worker {
             }
         }
         finished.sort_by_key(|(p, _)| std::cmp::Reverse(*p));
+        let answered = finished.len();
         for (p, reply) in finished {
             if let Some(pd) = pending.remove(p) {
                 let reply = reply.map(|_| pd.done);
@@ -379,5 +402,6 @@ impl Worker {
                 let _ = pd.work.reply.send(reply);
             }
         }
+        answered
     }
 }

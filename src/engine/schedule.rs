@@ -1,7 +1,18 @@
-//! Scheduling decisions of the engine, as pure functions: which rows of the waiting requests form the next
-//! batch ([`take_rows`]), and how a batch's rows are split by length into forward passes ([`buckets`]).
+//! Scheduling decisions of the engine, as pure functions: whether to wait for more requests before a batch
+//! ([`keep_waiting`]), which rows of the waiting requests form the next batch ([`take_rows`]), and how a
+//! batch's rows are split by length into forward passes ([`buckets`]).
 
 use std::ops::Range;
+
+/// Whether the engine keeps waiting (up to its batch wait) for more requests before running the next batch:
+/// while fewer requests are waiting than were active around the last batch (`expected`: the requests it
+/// answered, whose clients may send again, plus those still waiting) and their rows fill less than the token
+/// budget. So a lone client's requests run at once instead of waiting out the batch wait for company that
+/// cannot come, and concurrent clients are gathered into one batch (not two alternating halves) without
+/// waiting longer than it takes them to arrive.
+pub fn keep_waiting(waiting: usize, expected: usize, waiting_tokens: usize, budget: usize) -> bool {
+    waiting < expected && waiting_tokens < budget
+}
 
 /// Picks rows for the next batch from requests waiting in arrival order, each given as (rows already served,
 /// token length of every row). Round robin: every request first gets up to an equal share of `budget`
@@ -97,6 +108,17 @@ mod tests {
         assert_eq!(take_rows(&[(32, &big)], 4096), vec![(0, 32..64)]);
         // The last rows of a request are picked up.
         assert_eq!(take_rows(&[(250, &big)], 4096), vec![(0, 250..256)]);
+    }
+
+    #[test]
+    fn the_engine_waits_only_for_clients_it_has_seen_together() {
+        // A lone client (one request answered, none waiting): its next request runs at once.
+        assert!(!keep_waiting(1, 1, 20, 4096));
+        // Eight clients (e.g. four answered, four waiting): gather until all eight are back …
+        assert!(keep_waiting(3, 8, 60, 4096));
+        assert!(!keep_waiting(8, 8, 160, 4096));
+        // … unless the waiting rows already fill a batch.
+        assert!(!keep_waiting(3, 8, 4096, 4096));
     }
 
     #[test]
