@@ -5,9 +5,10 @@ Each system runs in its own worker process (skillgraft: `skillgraft bench-worker
 Runtime: this script with --worker), started per thread count, so no two thread pools share the cores.
 For every case the driver asks the systems in turn (A, B, C, then B, C, A, ...) for a block of repetitions
 of about --block seconds, for --rounds rounds, and reports the minimum and the median over all
-repetitions. Cases: forward on each --shapes (inference), and forward + backward on --train (encoder
+repetitions. Cases: forward on each --shapes (inference), forward + backward on --train (encoder
 layers trainable, embeddings frozen, a linear head on the first token, cross-entropy; PyTorch only, ONNX
-Runtime does not train).
+Runtime does not train; skillgraft computes the last layer for the first token only), and the same on
+--train-all with the head on the mean of every token (the whole last layer runs in both systems).
 
 The ONNX model is exported by this script from the same weights (transformers' BertModel without pooler,
 opset 17, dynamic batch and sequence) into --cache, and run with graph optimization ALL. Before timing,
@@ -106,7 +107,7 @@ class TorchWorker:
             times.append(time.perf_counter() - t0)
         return times
 
-    def train(self, batch, seq, reps):
+    def train(self, batch, seq, reps, pool_all=False):
         torch = self.torch
         if self.train_state is None:
             for name, p in self.model.named_parameters():
@@ -125,7 +126,7 @@ class TorchWorker:
             self.model.zero_grad(set_to_none=True)
             t0 = time.perf_counter()
             h = self.model(**f).last_hidden_state
-            loss = torch.nn.functional.cross_entropy(head(h[:, 0]), labels)
+            loss = torch.nn.functional.cross_entropy(head(h.mean(1) if pool_all else h[:, 0]), labels)
             loss.backward()
             times.append(time.perf_counter() - t0)
         return times
@@ -193,8 +194,8 @@ def serve_worker(args):
             reply = {"threads": args.threads_one}
         elif op == "forward":
             reply = {"times": w.forward(req["batch"], req["seq"], max(1, req["reps"]))}
-        elif op == "train":
-            reply = {"times": w.train(req["batch"], req["seq"], max(1, req["reps"]))}
+        elif op in ("train", "train_all"):
+            reply = {"times": w.train(req["batch"], req["seq"], max(1, req["reps"]), op == "train_all")}
         elif op == "hidden":
             shape, hidden = w.hidden(req["ids"])
             reply = {"shape": shape, "hidden": hidden}
@@ -327,6 +328,9 @@ def main():
     p.add_argument("--threads", default="1,2", help="thread counts, comma-separated (default 1,2)")
     p.add_argument("--shapes", default="1x16,8x14,32x64,128x128", help="forward shapes BxT")
     p.add_argument("--train", default="8x64", help="forward+backward shapes BxT (empty for none)")
+    p.add_argument("--train-all", default="8x64",
+                   help="forward+backward shapes BxT with the head on the mean of every token, so that the "
+                        "whole last layer runs (empty for none)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds per case (default 5)")
     p.add_argument("--block", type=float, default=0.4, help="seconds per block of repetitions")
     p.add_argument("--cache", default=os.path.expanduser("~/.cache/skillgraft/bench"), help="ONNX cache")
@@ -342,6 +346,7 @@ def main():
     onnx_path = export_onnx(args.model, args.cache)
     cases = [("forward", b, s) for b, s in parse_shapes(args.shapes)]
     cases += [("train", b, s) for b, s in parse_shapes(args.train)]
+    cases += [("train_all", b, s) for b, s in parse_shapes(args.train_all)]
     results = []
     for threads in [int(t) for t in args.threads.split(",")]:
         workers = start_workers(args, threads, onnx_path)
@@ -352,7 +357,7 @@ def main():
                 + ", ".join(f"{n} {d:.1e}" for n, d in diffs.items()))
             for op, b, s in cases:
                 systems = SYSTEMS if op == "forward" else ["skillgraft", "torch"]
-                if args.baseline:
+                if args.baseline and op != "train_all":
                     systems = systems + ["before"]
                 log(f"threads {threads}: {op} {b}x{s} ...")
                 times = run_case(workers, systems, op, b, s, args)
@@ -375,7 +380,8 @@ def main():
     for r in results:
         t = r["times"]
         stat = {n: (min(v) * 1e3, statistics.median(v) * 1e3) for n, v in t.items()}
-        name = ("forward " if r["op"] == "forward" else "forward+backward ") + f"{r['batch']}×{r['seq']}"
+        kind = {"forward": "forward ", "train": "forward+backward ", "train_all": "forward+backward, every token, "}
+        name = kind[r["op"]] + f"{r['batch']}×{r['seq']}"
         cell = lambda n: f"{fmt(stat[n][0])} / {fmt(stat[n][1])}" if n in stat else "–"
         ratio = lambda n: (f"{stat['skillgraft'][0] / stat[n][0]:.2f} / {stat['skillgraft'][1] / stat[n][1]:.2f}"
                            if n in stat else "–")

@@ -173,7 +173,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
     rows.push((
         "forward+backward 8x64".into(),
         t * 1e3,
-        format!("{} trainable", params.numel()),
+        format!(
+            "{} trainable; head on [CLS], so the last layer runs for that token only",
+            params.numel()
+        ),
     ));
 
     // Optimizer steps over the encoder layers.

@@ -5,7 +5,10 @@
 //! - `{"op": "info"}` → threads and the matrix-product library;
 //! - `{"op": "forward", "batch": B, "seq": S, "reps": N}` → `{"times": [seconds × N]}` (inference forward);
 //! - `{"op": "train", "batch": B, "seq": S, "reps": N}` → the same for forward + backward (encoder layers
-//!   trainable, a linear head on the first token, cross-entropy), as `skillgraft bench` times it;
+//!   trainable, a linear head on the first token, cross-entropy), as `skillgraft bench` times it; the last
+//!   layer runs on the first token only, since nothing else reaches the loss;
+//! - `{"op": "train_all", …}` → the same with the head on the mean of every token, so that the whole last
+//!   layer is computed (the like-for-like comparison with a framework that always computes it);
 //! - `{"op": "hidden", "ids": [[…], …]}` → `{"shape": [B, S, H], "hidden": […]}` (last hidden states, for
 //!   checking that the systems run the same weights).
 //!
@@ -58,6 +61,17 @@ pub fn run(a: BenchWorkerArgs) -> Result<()> {
     let mut train_tensors = tensors.clone();
     let params = ParamSet::make_trainable(&mut train_tensors, |n| n.starts_with("encoder."))?;
     let clf_t = Classifier::load(&to_hash_map(&train_tensors), cfg, &head, DType::F32, dev)?;
+    let mean_head = HeadSpec::Linear {
+        num_labels: 2,
+        pooling: Pooling::Mean,
+    };
+    let clf_all = Classifier::load(
+        &to_hash_map(&train_tensors),
+        cfg,
+        &mean_head,
+        DType::F32,
+        dev,
+    )?;
     let mut inputs: HashMap<(usize, usize), EncoderInput> = HashMap::new();
     let stdout = std::io::stdout();
     for line in std::io::stdin().lock().lines() {
@@ -71,7 +85,7 @@ pub fn run(a: BenchWorkerArgs) -> Result<()> {
                 "threads": rayon::current_num_threads(),
                 "gemm": crate::model::ops::gemm::backend(),
             }),
-            "forward" | "train" => {
+            "forward" | "train" | "train_all" => {
                 if req.batch == 0 || req.seq == 0 {
                     bail!("bench-worker: batch and seq must be positive");
                 }
@@ -89,7 +103,9 @@ pub fn run(a: BenchWorkerArgs) -> Result<()> {
                     if req.op == "forward" {
                         clf.encoder.forward(input)?;
                     } else {
-                        let loss = candle_nn::loss::cross_entropy(&clf_t.logits(input)?, &labels)?;
+                        let trained = if req.op == "train" { &clf_t } else { &clf_all };
+                        let loss =
+                            candle_nn::loss::cross_entropy(&trained.logits(input)?, &labels)?;
                         params.gradients(&loss.backward()?)?;
                     }
                     dev.synchronize()?;
