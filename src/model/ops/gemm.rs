@@ -384,6 +384,28 @@ mod tests {
             .collect()
     }
 
+    /// `op(a) · op(b)` in f32 through [`par_matmul`], from f64 test operands.
+    fn par_matmul_f32(
+        (m, n, k): (usize, usize, usize),
+        alpha: f32,
+        (a, lda, ta): (&[f64], usize, bool),
+        (b, ldb, tb): (&[f64], usize, bool),
+        epilogue: impl Fn(usize, usize, &mut [f32]) + Sync,
+    ) -> Vec<f32> {
+        let a32: Vec<f32> = a.iter().map(|&v| v as f32).collect();
+        let b32: Vec<f32> = b.iter().map(|&v| v as f32).collect();
+        let mat = |data, ld, trans| Mat { data, ld, trans };
+        par_matmul(
+            m,
+            n,
+            k,
+            alpha,
+            mat(&a32, lda, ta),
+            mat(&b32, ldb, tb),
+            epilogue,
+        )
+    }
+
     fn naive(m: usize, n: usize, k: usize, a: Mat<'_, f64>, b: Mat<'_, f64>) -> Vec<f64> {
         let at = |x: &Mat<'_, f64>, r: usize, c: usize| {
             if x.trans {
@@ -435,25 +457,11 @@ mod tests {
                         .map(|(x, y)| (x - y).abs())
                         .fold(0.0, f64::max);
                     assert!(err < 1e-12, "f64 {m}x{n}x{k} {ta} {tb}: {err}");
-                    let (a32, b32): (Vec<f32>, Vec<f32>) = (
-                        a.iter().map(|&v| v as f32).collect(),
-                        b.iter().map(|&v| v as f32).collect(),
-                    );
-                    let got = par_matmul(
-                        m,
-                        n,
-                        k,
-                        2.0f32,
-                        Mat {
-                            data: &a32,
-                            ld: lda,
-                            trans: ta,
-                        },
-                        Mat {
-                            data: &b32,
-                            ld: ldb,
-                            trans: tb,
-                        },
+                    let got = par_matmul_f32(
+                        (m, n, k),
+                        2.0,
+                        (&a, lda, ta),
+                        (&b, ldb, tb),
                         |_, _, seg| seg.iter_mut().for_each(|v| *v *= 0.5),
                     );
                     let err = got
@@ -537,27 +545,7 @@ mod tests {
                 }
                 assert_eq!(c[i * ldc], 0.5, "columns outside the block are untouched");
             }
-            let (a32, b32): (Vec<f32>, Vec<f32>) = (
-                a.iter().map(|&v| v as f32).collect(),
-                b.iter().map(|&v| v as f32).collect(),
-            );
-            let got = par_matmul(
-                m,
-                n,
-                k,
-                1.0f32,
-                Mat {
-                    data: &a32,
-                    ld: lda,
-                    trans: ta,
-                },
-                Mat {
-                    data: &b32,
-                    ld: ldb,
-                    trans: tb,
-                },
-                |_, _, _| {},
-            );
+            let got = par_matmul_f32((m, n, k), 1.0, (&a, lda, ta), (&b, ldb, tb), |_, _, _| {});
             let err = got
                 .iter()
                 .zip(&want)
