@@ -1,20 +1,11 @@
 //! Tensors the ops' unit tests share: deterministic inputs and the largest difference between two results.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 
-/// A deterministic pseudo-random f64 tensor on the CPU, values in [-1, 1).
+/// A deterministic pseudo-random f64 tensor on the CPU, values in [-1, 1): the device self-check's inputs
+/// ([`super::check::det`]) at half scale.
 pub(super) fn det(shape: &[usize], seed: u64) -> Tensor {
-    let n: usize = shape.iter().product();
-    let mut s = seed;
-    let v: Vec<f64> = (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
-        })
-        .collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).expect("tensor")
+    (super::check::det(shape, seed).expect("tensor") * 0.5).expect("tensor")
 }
 
 /// The largest absolute difference between two tensors of one shape, in f64.

@@ -2,16 +2,14 @@
 //! happens, also when the request times out or the client leaves), unpacked and checked against the base off
 //! the async runtime ([`crate::server::archive`]), and stored by content hash.
 
-use super::{blocking, require_content_type, St};
+use super::{blocking, body_to_file, require_content_type, St};
 use crate::server::error::{ApiError, ApiResult, ErrorBody};
 use crate::server::jobs::HeadRequest;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use utoipa::IntoParams;
 use utoipa::ToSchema;
 
@@ -85,28 +83,9 @@ pub async fn upload_checkpoint(
         .map_err(ApiError::internal)?;
     let archive = scratch.path().join("upload.archive");
     let mut file = std::fs::File::create(&archive).map_err(ApiError::internal)?;
-    let mut stream = body.into_data_stream();
-    let mut total = 0usize;
-    let too_large = || {
-        ApiError::too_large(format!(
-            "upload larger than {} bytes",
-            s.config.max_upload_bytes
-        ))
-    };
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| {
-            if format!("{e}").contains("length limit") {
-                too_large()
-            } else {
-                ApiError::bad_request(format!("upload interrupted: {e}"))
-            }
-        })?;
-        total += chunk.len();
-        if total > s.config.max_upload_bytes {
-            return Err(too_large());
-        }
-        file.write_all(&chunk).map_err(ApiError::internal)?;
-    }
+    let max = s.config.max_upload_bytes;
+    let too_large = || ApiError::too_large(format!("upload larger than {max} bytes"));
+    body_to_file(body, &mut file, max, too_large).await?;
     drop(file);
     let st = s.clone();
     // The blocking part owns the scratch directory, so it is removed when that part ends.

@@ -5,7 +5,7 @@
 //! (`GET /v1/datasets`), deleted. Localization jobs and evaluations refer to them by id. The JSON Schema of
 //! task specs is served here too.
 
-use super::{blocking, St};
+use super::{blocking, body_to_file, St};
 use crate::data::dataset::{normalize, DatasetInfo, DatasetOptions};
 use crate::data::FileFormat;
 use crate::server::error::{ApiError, ApiResult, ErrorBody};
@@ -13,9 +13,7 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use futures::StreamExt;
 use serde::Deserialize;
-use std::io::Write;
 use utoipa::IntoParams;
 
 /// How to read an uploaded data file (all optional: the file is inspected for the rest).
@@ -94,22 +92,7 @@ pub async fn upload_dataset(
             "data set larger than {max} bytes (SKILLGRAFT_MAX_DATASET_BYTES)"
         ))
     };
-    let mut total = 0usize;
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| {
-            if format!("{e}").contains("length limit") {
-                too_large()
-            } else {
-                ApiError::bad_request(format!("upload interrupted: {e}"))
-            }
-        })?;
-        total += chunk.len();
-        if total > max {
-            return Err(too_large());
-        }
-        file.write_all(&chunk).map_err(ApiError::internal)?;
-    }
+    let total = body_to_file(body, &mut file, max, too_large).await?;
     drop(file);
     if total == 0 {
         return Err(ApiError::bad_request(

@@ -96,3 +96,32 @@ async fn blocking<T: Send + 'static>(
         .await
         .map_err(ApiError::internal)?
 }
+
+/// Streams a request body into `file`, refused with `too_large()` once it passes `max` bytes (also when the
+/// server's own body limit cuts it); an interrupted upload is a 400. Returns the bytes written.
+async fn body_to_file(
+    body: axum::body::Body,
+    file: &mut std::fs::File,
+    max: usize,
+    too_large: impl Fn() -> ApiError,
+) -> ApiResult<usize> {
+    use futures::StreamExt;
+    use std::io::Write;
+    let mut total = 0usize;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            if format!("{e}").contains("length limit") {
+                too_large()
+            } else {
+                ApiError::bad_request(format!("upload interrupted: {e}"))
+            }
+        })?;
+        total += chunk.len();
+        if total > max {
+            return Err(too_large());
+        }
+        file.write_all(&chunk).map_err(ApiError::internal)?;
+    }
+    Ok(total)
+}
