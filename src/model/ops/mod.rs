@@ -5,8 +5,9 @@
 //!   Each is a custom op with a CPU implementation ([`cpu`]: loops over contiguous rows) and, with the `cuda`
 //!   feature, a CUDA one (`cuda.rs` + `kernels.cu`: one warp per row), forward and backward.
 //! - Dense layers ([`linear`], with fused inference variants [`linear_gelu`] and [`linear_residual`]) and
-//!   multi-head [`attention`]: on the CPU custom ops over BLIS or the `gemm` crate ([`gemm`]), with
-//!   hand-written backward passes; elsewhere candle's matmul and broadcast ops.
+//!   multi-head [`attention`]: on the CPU custom ops over BLIS or the `gemm` crate ([`gemm`]) and, for the
+//!   dense forward product, an AVX2 kernel that reads the weights unpacked (`xwt.rs`), with hand-written
+//!   backward passes; elsewhere candle's matmul and broadcast ops.
 //! - Sparse per-row corrections for batches that mix tasks ([`sparse`]).
 //! - The heap policy for activation buffers ([`heap`]).
 //! - In-place access to weights: [`scatter_set`] (device-side, for grafts written into the weights),
@@ -25,6 +26,7 @@ mod linear;
 pub mod sparse;
 #[cfg(test)]
 mod test_tensors;
+mod xwt;
 
 pub use attention::attention;
 use candle_core::{

@@ -8,6 +8,14 @@ pub(super) fn det(shape: &[usize], seed: u64) -> Tensor {
     (super::check::det(shape, seed).expect("tensor") * 0.5).expect("tensor")
 }
 
+/// [`det`]'s values for a flat length `n`, as f32.
+pub(super) fn det_f32(n: usize, seed: u64) -> Vec<f32> {
+    det(&[n], seed)
+        .to_dtype(DType::F32)
+        .and_then(|t| t.to_vec1())
+        .expect("values")
+}
+
 /// The largest absolute difference between two tensors of one shape, in f64.
 pub(super) fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
     (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap())
