@@ -1,33 +1,50 @@
-//! The dense layers' forward product `C = X Wᵀ` in f32 on x86-64 CPUs with AVX2 and FMA, reading the weight
-//! matrix in its stored (out × in) layout: only the input rows are packed, the weights never are.
+//! The dense layers' forward product `C = X Wᵀ` in f32 on x86-64 CPUs with AVX2 and FMA (AVX-512 where
+//! present), reading the weight matrix in its stored (out × in) layout: only the input rows are packed, the
+//! weights never are.
 //!
 //! Why not BLIS here: a BLAS packs both operands on every call, and on the few-row products of short
 //! requests (16 rows against 384 × 1536 weights) packing the weights costs as much memory traffic as the
 //! product itself; neither BLIS nor OpenBLAS can keep packed weights across calls, and a cache of packed
 //! copies would have to be invalidated by every in-place writer (graft apply/revert, optimizers). Here the
 //! kernel broadcasts each weight once from where it is stored and multiplies it into 16 input rows held
-//! as two 8-lane vectors (packed `k`-major), so a forward pass streams the weights exactly once.
+//! as one 16-lane (AVX-512, 12 weight rows per tile) or two 8-lane vectors (AVX2, 6 weight rows), packed
+//! `k`-major, so a forward pass streams the weights exactly once.
 //!
 //! Every output element is one fused multiply-add chain over the inner dimension in order,
-//! `c = fma(x[k-1], w[k-1], … fma(x[0], w[0], 0))`, whatever the tiling, the blocking of the inner
-//! dimension (a block resumes from the stored partial sum), the thread split or the other rows: a text's
-//! result never depends on its batch mates, and tests compare against that chain bit for bit.
+//! `c = fma(x[k-1], w[k-1], … fma(x[0], w[0], 0))`, whatever the kernel, the tiling, the blocking of the
+//! inner dimension (a block resumes from the stored partial sum), the thread split or the other rows: a
+//! text's result never depends on its batch mates or on the CPU's vector width, and tests compare both
+//! kernels against that chain bit for bit.
 
-/// Whether this CPU runs [`xwt`] (AVX2 and FMA, checked once).
-pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+/// The vector kernels, widest last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// 8-lane AVX2 + FMA, tiles of 16 rows × 6 outputs.
+    Avx2,
+    /// 16-lane AVX-512F, tiles of 16 rows × 12 outputs.
+    Avx512,
 }
 
-/// `c[m×n, ldc] = x[m×k, ldx] · w[n×k, ldw]ᵀ` on the calling thread; false (nothing written) when the CPU
-/// lacks AVX2/FMA ([`available`]).
+/// The kernels this CPU can run, widest last (checked once).
+pub fn kernels() -> &'static [Kernel] {
+    static HAS: std::sync::OnceLock<Vec<Kernel>> = std::sync::OnceLock::new();
+    HAS.get_or_init(|| {
+        let mut v = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                v.push(Kernel::Avx2);
+                if is_x86_feature_detected!("avx512f") {
+                    v.push(Kernel::Avx512);
+                }
+            }
+        }
+        v
+    })
+}
+
+/// `c[m×n, ldc] = x[m×k, ldx] · w[n×k, ldw]ᵀ` on the calling thread with the widest kernel this CPU has;
+/// false (nothing written) when it has none ([`kernels`] is empty).
 ///
 /// # Safety
 /// `x` must be readable over `m` rows of stride `ldx` (`k` values each), `w` over `n` rows of stride
@@ -44,24 +61,38 @@ pub unsafe fn xwt(
     c: *mut f32,
     ldc: usize,
 ) -> bool {
-    if !available() {
-        return false;
+    match kernels().last() {
+        // SAFETY: the CPU runs this kernel; extents are the caller's contract.
+        Some(&kernel) => unsafe { xwt_with(kernel, m, n, k, (x, ldx), (w, ldw), (c, ldc)) },
+        None => return false,
     }
+    true
+}
+
+/// [`xwt`] with a given kernel.
+///
+/// # Safety
+/// As [`xwt`], and `kernel` must be one of [`kernels`].
+unsafe fn xwt_with(
+    kernel: Kernel,
+    m: usize,
+    n: usize,
+    k: usize,
+    x: (*const f32, usize),
+    w: (*const f32, usize),
+    c: (*mut f32, usize),
+) {
     #[cfg(target_arch = "x86_64")]
-    {
-        // SAFETY: the CPU has AVX2 and FMA (checked above); extents are the caller's contract.
-        unsafe { avx2::xwt(m, n, k, (x, ldx), (w, ldw), (c, ldc)) };
-        true
-    }
+    // SAFETY: as this function's.
+    unsafe {
+        x86::xwt(kernel == Kernel::Avx512, m, n, k, x, w, c)
+    };
     #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (m, n, k, x, ldx, w, ldw, c, ldc);
-        false
-    }
+    let _ = (kernel, m, n, k, x, w, c);
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+mod x86 {
     use std::arch::x86_64::*;
     use std::cell::RefCell;
 
@@ -69,6 +100,8 @@ mod avx2 {
     const ROWS: usize = 16;
     /// Weight rows per tile (12 accumulators + 2 input vectors + 1 broadcast = 15 of 16 registers).
     const OUTS: usize = 6;
+    /// Weight rows per tile with AVX-512 (one 16-lane accumulator each; 12 + 1 input + 1 broadcast of 32).
+    const WIDE_OUTS: usize = 12;
     /// Inner-dimension block: a packed 16-row panel of it (24 KiB) stays in the 32 KiB L1 cache while
     /// the weight tiles of a block pass over it.
     const KC: usize = 384;
@@ -97,6 +130,7 @@ mod avx2 {
 
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn xwt(
+        wide: bool,
         m: usize,
         n: usize,
         k: usize,
@@ -114,6 +148,7 @@ mod avx2 {
             }
             return;
         }
+        let outs = if wide { WIDE_OUTS } else { OUTS };
         let kc_max = KC.min(k);
         // Chunks of about equal size, each a whole number of panels.
         let most = (CHUNK_BYTES / (4 * kc_max) / ROWS).max(1) * ROWS;
@@ -135,7 +170,7 @@ mod avx2 {
                     let packed = scratch.packed.as_ptr();
                     for b0 in (0..n).step_by(BLOCK_OUTS) {
                         for q in 0..panels {
-                            for j0 in (b0..(b0 + BLOCK_OUTS).min(n)).step_by(OUTS) {
+                            for j0 in (b0..(b0 + BLOCK_OUTS).min(n)).step_by(outs) {
                                 let tile = Tile {
                                     kc,
                                     w: w.add(j0 * ldw + p0),
@@ -151,13 +186,30 @@ mod avx2 {
                                 // SAFETY: the tile's weights, packed panel, partial sums and outputs
                                 // are inside the extents above.
                                 unsafe {
-                                    match (n - j0).min(OUTS) {
-                                        6 => tile.run::<6>(),
-                                        5 => tile.run::<5>(),
-                                        4 => tile.run::<4>(),
-                                        3 => tile.run::<3>(),
-                                        2 => tile.run::<2>(),
-                                        _ => tile.run::<1>(),
+                                    if wide {
+                                        match (n - j0).min(WIDE_OUTS) {
+                                            12 => tile.run_wide::<12>(),
+                                            11 => tile.run_wide::<11>(),
+                                            10 => tile.run_wide::<10>(),
+                                            9 => tile.run_wide::<9>(),
+                                            8 => tile.run_wide::<8>(),
+                                            7 => tile.run_wide::<7>(),
+                                            6 => tile.run_wide::<6>(),
+                                            5 => tile.run_wide::<5>(),
+                                            4 => tile.run_wide::<4>(),
+                                            3 => tile.run_wide::<3>(),
+                                            2 => tile.run_wide::<2>(),
+                                            _ => tile.run_wide::<1>(),
+                                        }
+                                    } else {
+                                        match (n - j0).min(OUTS) {
+                                            6 => tile.run::<6>(),
+                                            5 => tile.run::<5>(),
+                                            4 => tile.run::<4>(),
+                                            3 => tile.run::<3>(),
+                                            2 => tile.run::<2>(),
+                                            _ => tile.run::<1>(),
+                                        }
                                     }
                                 }
                             }
@@ -337,6 +389,80 @@ mod avx2 {
                 }
             }
         }
+
+        /// [`Tile::run`] with AVX-512: one 16-lane accumulator per weight row, up to 12 rows; the same
+        /// chains, so the same bits.
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        unsafe fn run_wide<const R: usize>(&self) {
+            let mut acc = [_mm512_setzero_ps(); R];
+            if self.resume {
+                for (j, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_loadu_ps(self.partial.add(j * ROWS));
+                }
+            }
+            let wr: [*const f32; R] = std::array::from_fn(|j| self.w.add(j * self.ldw));
+            let step = |p: usize, acc: &mut [__m512; R]| {
+                let xv = _mm512_loadu_ps(self.xp.add(p * ROWS));
+                for j in 0..R {
+                    acc[j] = _mm512_fmadd_ps(_mm512_set1_ps(*wr[j].add(p)), xv, acc[j]);
+                }
+            };
+            let lines = self.kc / 16 * 16;
+            for p0 in (0..lines).step_by(16) {
+                for wj in &wr {
+                    _mm_prefetch::<_MM_HINT_T0>(wj.wrapping_add(p0 + R * self.ldw) as *const i8);
+                }
+                for p in p0..p0 + 16 {
+                    step(p, &mut acc);
+                }
+            }
+            for p in lines..self.kc {
+                step(p, &mut acc);
+            }
+            if !self.last {
+                for (j, a) in acc.iter().enumerate() {
+                    _mm512_storeu_ps(self.partial.add(j * ROWS), *a);
+                }
+                return;
+            }
+            let half = |a: __m512, h: usize| -> __m256 {
+                if h == 0 {
+                    _mm512_castps512_ps256(a)
+                } else {
+                    _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(a)))
+                }
+            };
+            if R == WIDE_OUTS {
+                // Rows out through 8 × 8 transposes: outputs 0..8 as one vector, 8..12 as the low half
+                // of another.
+                for h in [0usize, 1] {
+                    let lo = transpose8(std::array::from_fn(|j| half(acc[j], h)));
+                    let hi = transpose8(std::array::from_fn(|j| {
+                        if 8 + j < R {
+                            half(acc[8 + j], h)
+                        } else {
+                            _mm256_setzero_ps()
+                        }
+                    }));
+                    for i in 0..self.rows.saturating_sub(h * 8).min(8) {
+                        let row = self.c.add((h * 8 + i) * self.ldc);
+                        _mm256_storeu_ps(row, lo[i]);
+                        _mm_storeu_ps(row.add(8), _mm256_castps256_ps128(hi[i]));
+                    }
+                }
+                return;
+            }
+            let mut lanes = [[0f32; ROWS]; R];
+            for (a, l) in acc.iter().zip(lanes.iter_mut()) {
+                _mm512_storeu_ps(l.as_mut_ptr(), *a);
+            }
+            for i in 0..self.rows {
+                let row = self.c.add(i * self.ldc);
+                for (j, l) in lanes.iter().enumerate() {
+                    *row.add(j) = l[i];
+                }
+            }
+        }
     }
 }
 
@@ -361,60 +487,59 @@ mod tests {
     }
 
     #[test]
-    fn matches_the_fma_chain_bit_for_bit_on_every_edge() {
-        if !available() {
+    fn every_kernel_matches_the_fma_chain_bit_for_bit_on_every_edge() {
+        if kernels().is_empty() {
             eprintln!("xwt: CPU without AVX2/FMA, kernel not used here");
             return;
         }
-        // Row and column counts around the tile sizes, inner dimensions around the block size.
-        for &(m, n, k) in &[
-            (1, 1, 1),
-            (16, 6, 8),
-            (17, 7, 33),
-            (3, 13, 384),
-            (35, 20, 385),
-            (40, 12, 1000),
-            (5, 384, 0),
+        // Row and column counts around both tile sizes, inner dimensions around the block size, and a
+        // destination wider than the product (its other columns must stay untouched).
+        for &(m, n, k, ldc) in &[
+            (1, 1, 1, 1),
+            (16, 6, 8, 6),
+            (17, 7, 33, 7),
+            (3, 13, 384, 13),
+            (35, 20, 385, 20),
+            (40, 12, 1000, 12),
+            (16, 24, 40, 24),
+            (19, 10, 50, 23),
+            (33, 30, 17, 41),
+            (5, 384, 0, 384),
         ] {
             let x: Vec<f32> = det_f32(m * k, 1 + m as u64);
             let w: Vec<f32> = det_f32(n * k, 2 + n as u64);
-            let mut c = vec![f32::NAN; m * n];
-            // SAFETY: all three buffers hold exactly their extents.
-            let done = unsafe { xwt(m, n, k, x.as_ptr(), k, w.as_ptr(), k, c.as_mut_ptr(), n) };
-            assert!(done);
             let want = chain(m, n, k, &x, &w);
-            for (i, (a, b)) in c.iter().zip(&want).enumerate() {
-                assert_eq!(
-                    a.to_bits(),
-                    b.to_bits(),
-                    "{m}x{n}x{k}: element {i}: {a} vs {b}"
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn writes_only_its_block_of_a_wider_destination() {
-        if !available() {
-            return;
-        }
-        let (m, n, k, ldc) = (19, 10, 50, 23);
-        let x: Vec<f32> = det_f32(m * k, 7);
-        let w: Vec<f32> = det_f32(n * k, 8);
-        let mut c = vec![-7f32; m * ldc];
-        // SAFETY: c holds m rows of stride ldc ≥ n.
-        unsafe { xwt(m, n, k, x.as_ptr(), k, w.as_ptr(), k, c.as_mut_ptr(), ldc) };
-        let want = chain(m, n, k, &x, &w);
-        for i in 0..m {
-            for j in 0..ldc {
-                let got = c[i * ldc + j];
-                if j < n {
-                    assert_eq!(got.to_bits(), want[i * n + j].to_bits());
-                } else {
-                    assert_eq!(
-                        got, -7.0,
-                        "row {i} column {j} outside the block was written"
-                    );
+            for &kernel in kernels() {
+                let mut c = vec![-7f32; m * ldc];
+                // SAFETY: x and w hold exactly their extents, c holds m rows of stride ldc ≥ n.
+                unsafe {
+                    xwt_with(
+                        kernel,
+                        m,
+                        n,
+                        k,
+                        (x.as_ptr(), k),
+                        (w.as_ptr(), k),
+                        (c.as_mut_ptr(), ldc),
+                    )
+                };
+                for i in 0..m {
+                    for j in 0..ldc {
+                        let got = c[i * ldc + j];
+                        if j < n {
+                            let b = want[i * n + j];
+                            assert_eq!(
+                                got.to_bits(),
+                                b.to_bits(),
+                                "{kernel:?} {m}x{n}x{k}: ({i}, {j}): {got} vs {b}"
+                            );
+                        } else {
+                            assert_eq!(
+                                got, -7.0,
+                                "{kernel:?}: ({i}, {j}) outside the block was written"
+                            );
+                        }
+                    }
                 }
             }
         }
