@@ -11,12 +11,16 @@
 
 use rayon::prelude::*;
 
-/// The library doing the products, for reports (`bench`, `info`).
-pub fn backend() -> &'static str {
-    if cfg!(skillgraft_blis) {
+/// The libraries and kernels doing the products, for reports (`bench-worker`'s `info`).
+pub fn backend() -> String {
+    let library = if cfg!(skillgraft_blis) {
         "blis (static, single-threaded per block)"
     } else {
         "gemm crate"
+    };
+    match super::xwt::kernels().last() {
+        Some(kernel) => format!("{library}; x·Wᵀ: unpacked-weights kernel ({kernel:?})"),
+        None => library.to_string(),
     }
 }
 
