@@ -90,8 +90,8 @@ pub trait GemmScalar: Copy + Send + Sync + 'static + num_traits::Float {
         accumulate: bool,
     );
 
-    /// `c[m×n, ldc] = x[m×k, ldx] · w[n×k, ldw]ᵀ` through [`super::xwt`] (weights read unpacked) when this
-    /// type and CPU have that kernel; false, with nothing written, when not.
+    /// `c[m×n, ldc] = x[m×k, ldx] · w[n×k, ldw]ᵀ (+ bias)` through [`super::xwt`] (weights read unpacked)
+    /// when this type and CPU have that kernel; false, with nothing written, when not.
     ///
     /// # Safety
     /// As [`super::xwt::xwt`].
@@ -101,6 +101,7 @@ pub trait GemmScalar: Copy + Send + Sync + 'static + num_traits::Float {
         _k: usize,
         _x: (*const Self, usize),
         _w: (*const Self, usize),
+        _bias: Option<*const Self>,
         _c: (*mut Self, usize),
     ) -> bool {
         false
@@ -147,9 +148,10 @@ macro_rules! gemm_scalar {
                     k: usize,
                     x: (*const Self, usize),
                     w: (*const Self, usize),
+                    bias: Option<*const Self>,
                     c: (*mut Self, usize),
                 ) -> bool {
-                    $xwt(m, n, k, x.0, x.1, w.0, w.1, c.0, c.1)
+                    $xwt(m, n, k, x.0, x.1, w.0, w.1, bias, c.0, c.1)
                 }
             )?
 
@@ -350,8 +352,10 @@ fn split(m: usize, n: usize, k: usize, threads: usize) -> Split {
 }
 
 /// `alpha · op(a) · op(b)` (m × k times k × n) as a new row-major `m × n` matrix, computed in blocks over the rayon pool;
-/// `epilogue(row, first_col, values)` runs on every finished block row segment (in any order, each segment
-/// once) before the call returns. The output is never zero-filled: every element is written by the product.
+/// `bias` (n values, when given) is added to every row, then `epilogue(row, first_col, values)` runs on every
+/// finished block row segment (in any order, each segment once) before the call returns. The output is never
+/// zero-filled: every element is written by the product.
+#[allow(clippy::too_many_arguments)]
 pub fn par_matmul<T: GemmScalar>(
     m: usize,
     n: usize,
@@ -359,9 +363,11 @@ pub fn par_matmul<T: GemmScalar>(
     alpha: T,
     a: Mat<'_, T>,
     b: Mat<'_, T>,
+    bias: Option<&[T]>,
     epilogue: impl Fn(usize, usize, &mut [T]) + Sync,
 ) -> Vec<T> {
     assert!(a.covers(m, k) && b.covers(k, n), "gemm: operand too small");
+    assert!(bias.is_none_or(|b| b.len() == n), "gemm: bias length");
     let len = m * n;
     let mut out: Vec<T> = Vec::with_capacity(len);
     if len == 0 {
@@ -383,6 +389,7 @@ pub fn par_matmul<T: GemmScalar>(
                     k,
                     (a.offset(r0, 0), a.ld),
                     (b.offset(0, c0), b.ld),
+                    bias.map(|b| b[c0..].as_ptr()),
                     (c, n),
                 );
             if !unpacked {
@@ -399,6 +406,11 @@ pub fn par_matmul<T: GemmScalar>(
             }
             for r in r0..r1 {
                 let seg = std::slice::from_raw_parts_mut(dst.get().add(r * n + c0), c1 - c0);
+                if let (false, Some(b)) = (unpacked, bias) {
+                    for (v, &bv) in seg.iter_mut().zip(&b[c0..]) {
+                        *v = *v + bv;
+                    }
+                }
                 epilogue(r, c0, seg);
             }
         }

@@ -21,6 +21,7 @@ fn par_matmul_f32(
     alpha: f32,
     (a, lda, ta): (&[f64], usize, bool),
     (b, ldb, tb): (&[f64], usize, bool),
+    bias: Option<&[f32]>,
     epilogue: impl Fn(usize, usize, &mut [f32]) + Sync,
 ) -> Vec<f32> {
     let a32: Vec<f32> = a.iter().map(|&v| v as f32).collect();
@@ -33,6 +34,7 @@ fn par_matmul_f32(
         alpha,
         mat(&a32, lda, ta),
         mat(&b32, ldb, tb),
+        bias,
         epilogue,
     )
 }
@@ -81,26 +83,32 @@ fn products_match_a_naive_loop() {
                     },
                 );
                 let want = naive(m, n, k, am, bm);
-                let got = par_matmul(m, n, k, 1.0, am, bm, |_, _, _| {});
+                let got = par_matmul(m, n, k, 1.0, am, bm, None, |_, _, _| {});
                 let err = got
                     .iter()
                     .zip(&want)
                     .map(|(x, y)| (x - y).abs())
                     .fold(0.0, f64::max);
                 assert!(err < 1e-12, "f64 {m}x{n}x{k} {ta} {tb}: {err}");
-                // alpha 1 takes the unpacked-weights kernel for `x Wᵀ` where the CPU has it.
+                // alpha 1 takes the unpacked-weights kernel for `x Wᵀ` where the CPU has it; the bias is
+                // added before the epilogue (which divides by alpha here).
+                let bias: Vec<f32> = det(n, 3).iter().map(|&v| v as f32).collect();
                 for alpha in [1.0f32, 2.0] {
                     let got = par_matmul_f32(
                         (m, n, k),
                         alpha,
                         (&a, lda, ta),
                         (&b, ldb, tb),
+                        Some(&bias),
                         |_, _, seg| seg.iter_mut().for_each(|v| *v /= alpha),
                     );
                     let err = got
                         .iter()
                         .zip(&want)
-                        .map(|(x, y)| (*x as f64 - y).abs())
+                        .enumerate()
+                        .map(|(i, (x, y))| {
+                            (*x as f64 - y - bias[i % n.max(1)] as f64 / alpha as f64).abs()
+                        })
                         .fold(0.0, f64::max);
                     assert!(err < 1e-4, "f32 {m}x{n}x{k} {ta} {tb} alpha {alpha}: {err}");
                 }
@@ -179,7 +187,14 @@ fn packed_path_matches_a_naive_loop() {
             }
             assert_eq!(c[i * ldc], 0.5, "columns outside the block are untouched");
         }
-        let got = par_matmul_f32((m, n, k), 1.0, (&a, lda, ta), (&b, ldb, tb), |_, _, _| {});
+        let got = par_matmul_f32(
+            (m, n, k),
+            1.0,
+            (&a, lda, ta),
+            (&b, ldb, tb),
+            None,
+            |_, _, _| {},
+        );
         let err = got
             .iter()
             .zip(&want)
@@ -219,8 +234,18 @@ fn rows_do_not_depend_on_their_batch_mates() {
             c
         };
         // The model's path: blocks over the pool, `x Wᵀ` through the unpacked-weights kernel.
-        let model_product =
-            |m: usize| par_matmul(m, n, k, 1.0, Mat::n(&x, k), Mat::t(&w, k), |_, _, _| {});
+        let model_product = |m: usize| {
+            par_matmul(
+                m,
+                n,
+                k,
+                1.0,
+                Mat::n(&x, k),
+                Mat::t(&w, k),
+                None,
+                |_, _, _| {},
+            )
+        };
         let (all, model_all) = (product(300), model_product(300));
         for m in [1, 7, 16, 112] {
             assert_eq!(product(m), all[..m * n], "{m} rows of {n}x{k}");

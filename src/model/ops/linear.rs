@@ -109,10 +109,8 @@ fn forward<T: GemmScalar + Real>(
         T::one(),
         Mat::n(x, in_dim),
         Mat::t(w, in_dim),
+        Some(b),
         |r, c0, seg| {
-            for (v, &bv) in seg.iter_mut().zip(&b[c0..]) {
-                *v += bv;
-            }
             if gelu {
                 gelu_in_place(seg);
             }
@@ -232,6 +230,7 @@ fn backward<T: GemmScalar + Real + WithDType>(
                     T::one(),
                     Mat::n(dys, out_dim),
                     Mat::n(ws, in_dim),
+                    None,
                     |_, _, _| {},
                 )
             })?;
@@ -248,6 +247,7 @@ fn backward<T: GemmScalar + Real + WithDType>(
                     T::one(),
                     Mat::t(dys, out_dim),
                     Mat::n(xs, in_dim),
+                    None,
                     |_, _, _| {},
                 )
             })?;

@@ -43,12 +43,14 @@ pub fn kernels() -> &'static [Kernel] {
     })
 }
 
-/// `c[m×n, ldc] = x[m×k, ldx] · w[n×k, ldw]ᵀ` on the calling thread with the widest kernel this CPU has;
-/// false (nothing written) when it has none ([`kernels`] is empty).
+/// `c[m×n, ldc] = x[m×k, ldx] · w[n×k, ldw]ᵀ (+ bias[n] on every row)` on the calling thread with the
+/// widest kernel this CPU has; false (nothing written) when it has none ([`kernels`] is empty). The bias is
+/// added to each finished chain, `fl(chain + b)`, as a separate pass over the output would.
 ///
 /// # Safety
 /// `x` must be readable over `m` rows of stride `ldx` (`k` values each), `w` over `n` rows of stride
-/// `ldw`, and `c` writable over `m` rows of stride `ldc` (`n` values each).
+/// `ldw`, `bias` (when given) over `n` values, and `c` writable over `m` rows of stride `ldc` (`n` values
+/// each).
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn xwt(
     m: usize,
@@ -58,12 +60,13 @@ pub unsafe fn xwt(
     ldx: usize,
     w: *const f32,
     ldw: usize,
+    bias: Option<*const f32>,
     c: *mut f32,
     ldc: usize,
 ) -> bool {
     match kernels().last() {
         // SAFETY: the CPU runs this kernel; extents are the caller's contract.
-        Some(&kernel) => unsafe { xwt_with(kernel, m, n, k, (x, ldx), (w, ldw), (c, ldc)) },
+        Some(&kernel) => unsafe { xwt_with(kernel, m, n, k, (x, ldx), (w, ldw), bias, (c, ldc)) },
         None => return false,
     }
     true
@@ -73,6 +76,7 @@ pub unsafe fn xwt(
 ///
 /// # Safety
 /// As [`xwt`], and `kernel` must be one of [`kernels`].
+#[allow(clippy::too_many_arguments)]
 unsafe fn xwt_with(
     kernel: Kernel,
     m: usize,
@@ -80,15 +84,16 @@ unsafe fn xwt_with(
     k: usize,
     x: (*const f32, usize),
     w: (*const f32, usize),
+    bias: Option<*const f32>,
     c: (*mut f32, usize),
 ) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: as this function's.
     unsafe {
-        x86::xwt(kernel == Kernel::Avx512, m, n, k, x, w, c)
+        x86::xwt(kernel == Kernel::Avx512, m, n, k, x, w, bias, c)
     };
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (kernel, m, n, k, x, w, c);
+    let _ = (kernel, m, n, k, x, w, bias, c);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -129,6 +134,7 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn xwt(
         wide: bool,
         m: usize,
@@ -136,6 +142,7 @@ mod x86 {
         k: usize,
         (x, ldx): (*const f32, usize),
         (w, ldw): (*const f32, usize),
+        bias: Option<*const f32>,
         (c, ldc): (*mut f32, usize),
     ) {
         if m == 0 || n == 0 {
@@ -143,8 +150,10 @@ mod x86 {
         }
         if k == 0 {
             for r in 0..m {
-                // SAFETY: row r of c holds n writable values.
-                unsafe { std::ptr::write_bytes(c.add(r * ldc), 0, n) };
+                for j in 0..n {
+                    // SAFETY: row r of c holds n writable values, bias n readable ones.
+                    *c.add(r * ldc + j) = bias.map_or(0.0, |b| 0.0 + *b.add(j));
+                }
             }
             return;
         }
@@ -179,6 +188,7 @@ mod x86 {
                                     partial: partial.wrapping_add((q * n + j0) * ROWS),
                                     resume: p0 > 0,
                                     last: p0 + kc == k,
+                                    bias: bias.map(|b| b.add(j0)),
                                     c: c.add((r0 + q * ROWS) * ldc + j0),
                                     ldc,
                                     rows: (rows - q * ROWS).min(ROWS),
@@ -306,6 +316,8 @@ mod x86 {
         resume: bool,
         /// The last block: write the rows to `c`, not to `partial`.
         last: bool,
+        /// Added to each output's finished chain (`R` values).
+        bias: Option<*const f32>,
         c: *mut f32,
         ldc: usize,
         /// Valid rows (≤ 16); the rest of the panel is padding.
@@ -351,6 +363,13 @@ mod x86 {
                     _mm256_storeu_ps(self.partial.add(j * ROWS + 8), a[1]);
                 }
                 return;
+            }
+            if let Some(b) = self.bias {
+                for (j, a) in acc.iter_mut().enumerate() {
+                    let bv = _mm256_set1_ps(*b.add(j));
+                    a[0] = _mm256_add_ps(a[0], bv);
+                    a[1] = _mm256_add_ps(a[1], bv);
+                }
             }
             if R == OUTS {
                 // Rows out through 8 × 8 transposes: row i's six values are lanes 0..6 of one vector.
@@ -425,6 +444,11 @@ mod x86 {
                 }
                 return;
             }
+            if let Some(b) = self.bias {
+                for (j, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_add_ps(*a, _mm512_set1_ps(*b.add(j)));
+                }
+            }
             let half = |a: __m512, h: usize| -> __m256 {
                 if h == 0 {
                     _mm512_castps512_ps256(a)
@@ -487,7 +511,7 @@ mod tests {
     }
 
     #[test]
-    fn every_kernel_matches_the_fma_chain_bit_for_bit_on_every_edge() {
+    fn every_kernel_matches_the_fma_chain_plus_bias_bit_for_bit_on_every_edge() {
         if kernels().is_empty() {
             eprintln!("xwt: CPU without AVX2/FMA, kernel not used here");
             return;
@@ -508,10 +532,17 @@ mod tests {
         ] {
             let x: Vec<f32> = det_f32(m * k, 1 + m as u64);
             let w: Vec<f32> = det_f32(n * k, 2 + n as u64);
-            let want = chain(m, n, k, &x, &w);
-            for &kernel in kernels() {
+            let b: Vec<f32> = det_f32(n, 3 + n as u64);
+            for (&kernel, with_bias) in kernels().iter().flat_map(|k| [(k, false), (k, true)]) {
+                let mut want = chain(m, n, k, &x, &w);
+                if with_bias {
+                    want.iter_mut()
+                        .enumerate()
+                        .for_each(|(i, v)| *v += b[i % n]);
+                }
+                let bias = with_bias.then_some(b.as_ptr());
                 let mut c = vec![-7f32; m * ldc];
-                // SAFETY: x and w hold exactly their extents, c holds m rows of stride ldc ≥ n.
+                // SAFETY: x, w and b hold exactly their extents, c holds m rows of stride ldc ≥ n.
                 unsafe {
                     xwt_with(
                         kernel,
@@ -520,6 +551,7 @@ mod tests {
                         k,
                         (x.as_ptr(), k),
                         (w.as_ptr(), k),
+                        bias,
                         (c.as_mut_ptr(), ldc),
                     )
                 };
@@ -531,7 +563,7 @@ mod tests {
                             assert_eq!(
                                 got.to_bits(),
                                 b.to_bits(),
-                                "{kernel:?} {m}x{n}x{k}: ({i}, {j}): {got} vs {b}"
+                                "{kernel:?} bias {with_bias} {m}x{n}x{k}: ({i}, {j}): {got} vs {b}"
                             );
                         } else {
                             assert_eq!(
