@@ -1,7 +1,8 @@
 //! Dense layers `y = x Wᵀ + b` (HF weight layout: W is out × in), differentiable.
 //!
 //! On the CPU in f32/f64 one custom op runs the product through [`super::gemm`] straight into the output
-//! (no zero-fill) and adds the bias to each block while it is in cache; its backward pass computes
+//! (no zero-fill), the bias added by the product kernel itself (f32 with the unpacked-weights kernel) or to
+//! each block while it is in cache; its backward pass computes
 //! `dx = dy W`, `dW = dyᵀ x` and `db = Σ_rows dy` with the same products. For inference (no input tracks a
 //! gradient) two fused variants finish each block in the same pass: [`linear_gelu`] (exact GELU) and
 //! [`linear_residual`] (adds a residual). On other devices and dtypes the same functions compose candle's
