@@ -118,7 +118,8 @@ mod blas;
 ///
 /// - forward `x Wᵀ` (`b` read transposed from the (out, in) weight) with a long inner dimension (the FFN
 ///   output layer, 1536 → 384): the small-matrix path runs it as dot products, 52–75 → 77–97 from 32 rows
-///   up (52 → 48 at 16 rows, the one shape where it loses);
+///   up (52 → 48 at 16 rows, the one shape where it loses); only where [`super::xwt`] does not run (f64, or
+///   a CPU without AVX2/FMA);
 /// - `dW = dyᵀ x` (`a` read transposed): 58–90 → 85–108 at 64–512 rows;
 /// - `dx = dy W` with a long inner dimension (the FFN input layer): 60–87 → 69–97 at 64–512 rows.
 ///

@@ -1,19 +1,8 @@
 //! Tests of the CPU matrix products ([`super`]): against naive loops, in both paths, with strided
 //! destinations, and for rows that must not depend on their batch mates.
 
+use super::super::test_tensors::det_f64 as det;
 use super::*;
-
-fn det(n: usize, seed: u64) -> Vec<f64> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
-        })
-        .collect()
-}
 
 /// `op(a) · op(b)` in f32 through [`par_matmul`], from f64 test operands.
 fn par_matmul_f32(

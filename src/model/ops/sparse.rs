@@ -520,20 +520,9 @@ impl SparseOp<'_, '_> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_tensors::det_f32 as det;
     use super::*;
     use candle_core::DType;
-
-    fn det(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32
-            })
-            .collect()
-    }
 
     /// Corrections equal a dense computation with each row's own weights.
     #[test]

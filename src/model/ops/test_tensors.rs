@@ -8,6 +8,11 @@ pub(super) fn det(shape: &[usize], seed: u64) -> Tensor {
     (super::check::det(shape, seed).expect("tensor") * 0.5).expect("tensor")
 }
 
+/// [`det`]'s values for a flat length `n`.
+pub(super) fn det_f64(n: usize, seed: u64) -> Vec<f64> {
+    det(&[n], seed).to_vec1().expect("values")
+}
+
 /// [`det`]'s values for a flat length `n`, as f32.
 pub(super) fn det_f32(n: usize, seed: u64) -> Vec<f32> {
     det(&[n], seed)
