@@ -18,6 +18,7 @@
 
 /// The vector kernels, widest last.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub enum Kernel {
     /// 8-lane AVX2 + FMA, tiles of 16 rows × 6 outputs.
     Avx2,
