@@ -403,25 +403,20 @@ pub fn run(a: &BenchServeArgs) -> Result<()> {
         for _ in 0..rounds {
             raw.push(timed(b, a.seconds, |k| raw_step(b, k))?);
             eng.push(timed(b, a.seconds, |k| engine_step(b, k))?);
-            one.push(drive(
-                &server.addr,
-                server.pid,
-                &path,
-                &pool,
-                1,
-                b,
-                a.seconds,
-            )?);
-            if b > 1 {
-                many.push(drive(
+            let serve = |clients, texts| {
+                drive(
                     &server.addr,
                     server.pid,
                     &path,
                     &pool,
-                    b,
-                    1,
+                    clients,
+                    texts,
                     a.seconds,
-                )?);
+                )
+            };
+            one.push(serve(1, b)?);
+            if b > 1 {
+                many.push(serve(b, 1)?);
             }
         }
         let (raw, eng) = (median_rate(raw), median_rate(eng));
