@@ -13,6 +13,9 @@ fn main() {
     let cli = skillgraft::cli::Cli::parse();
     if let Err(e) = skillgraft::cli::run(cli) {
         eprintln!("error: {e:#}");
-        std::process::exit(1);
+        let code = e
+            .downcast_ref::<skillgraft::cli::Exit>()
+            .map_or(1, |x| x.code);
+        std::process::exit(code);
     }
 }

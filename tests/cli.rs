@@ -81,6 +81,10 @@ fn finetune_localize_evaluate_overlap_compose_export() {
     let r = run_json(
         &[
             "localize",
+            "--sparsity",
+            "1e-4",
+            "--retain",
+            "0",
             "--task",
             "sst2",
             "--finetuned",
@@ -208,6 +212,10 @@ fn finetune_localize_evaluate_overlap_compose_export() {
     run_json(
         &[
             "localize",
+            "--sparsity",
+            "1e-4",
+            "--retain",
+            "0",
             "--task",
             "subj",
             "--finetuned",
@@ -271,6 +279,10 @@ fn cli_errors_are_clear() {
     let out = bin()
         .args([
             "localize",
+            "--sparsity",
+            "1e-4",
+            "--retain",
+            "0",
             "--model",
             "/nonexistent/model",
             "--task",

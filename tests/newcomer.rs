@@ -227,6 +227,10 @@ fn bring_your_own_task_end_to_end() {
     // The CLI reads both (the prototype head given), and refuses a task with other labels.
     let loc = ok(&[
         "localize",
+        "--sparsity",
+        "1e-4",
+        "--retain",
+        "0",
         "--task-spec",
         &p("tone.json"),
         "--finetuned",
@@ -402,7 +406,8 @@ fn bring_your_own_task_end_to_end() {
     // 4. Jobs are checked before 202, and every refusal names the field.
     let job = |extra: Value| {
         let mut body = json!({"checkpoint": ck_cls, "task_name": "tone", "dataset": ds_id,
-            "split": {"rule": "few_shot", "k": 8, "seed": 1}, "epochs": 2, "max_test": 1000});
+            "split": {"rule": "few_shot", "k": 8, "seed": 1}, "epochs": 2, "max_test": 1000,
+            "sparsity": 1e-4, "budget": {"retain": 0}});
         for (k, v) in extra.as_object().unwrap() {
             body[k] = v.clone();
         }

@@ -32,7 +32,8 @@ fn wait_job(s: &Server, id: &str) -> Value {
     assert!(!events.is_empty(), "no events: {text}");
     let last = events.last().unwrap().clone();
     assert!(
-        ["succeeded", "failed", "cancelled"].contains(&last["state"].as_str().unwrap()),
+        ["succeeded", "failed", "cancelled", "not_localized"]
+            .contains(&last["state"].as_str().unwrap()),
         "{last}"
     );
     last
@@ -200,8 +201,8 @@ fn service_end_to_end_over_http() {
     let r = s.json(
         "POST",
         "/v1/localizations",
-        &json!({"checkpoint": ckpt, "task_name": "sst2", "task": "sst2",
-        "k": 8, "max_test": 40, "epochs": 2, "calibration": "temperature"}),
+        &json!({"checkpoint": ckpt, "task_name": "sst2", "task": "sst2", "sparsity": 1e-4,
+        "budget": {"retain": 0}, "k": 8, "max_test": 40, "epochs": 2, "calibration": "temperature"}),
     );
     assert_eq!(r.status, 202, "{}", r.text());
     let job = r.json()["id"].as_str().unwrap().to_string();
@@ -210,6 +211,10 @@ fn service_end_to_end_over_http() {
     let st = s.get(&format!("/v1/localizations/{job}")).json();
     assert_eq!(st["epoch"], 2);
     assert!(st["graft_size"].as_u64().unwrap() > 500);
+    // A fixed size: one rung, measured for magnitude and for the method; no target (retain 0) asked.
+    let points = st["retention"]["points"].as_array().unwrap();
+    assert_eq!(points.len(), 2, "{points:?}");
+    assert_eq!(st["registered"], true);
     assert_eq!(
         s.get("/v1/localizations").json().as_array().unwrap().len(),
         1

@@ -124,6 +124,10 @@ fn graft_of(model: &Path, work: &Path, task: &str, methods: &[&str]) -> (PathBuf
                 model,
                 &[
                     "localize",
+                    "--sparsity",
+                    "1e-4",
+                    "--retain",
+                    "0",
                     "--task",
                     task,
                     "--k",
@@ -353,7 +357,8 @@ fn explorer_in_a_real_browser() {
         "admin_key": ADMIN, "reader_key": READER,
         "checkpoint_tar": tar_path, "checkpoint_dir": ft_sst2,
         "task": "sst2", "filter": "magn", "try_text": TRY_TEXT,
-        "job": {"task_name": "from-ui", "task": "sst2", "k": 8, "max_test": 40, "epochs": 2},
+        "job": {"task_name": "from-ui", "task": "sst2", "k": 8, "max_test": 40, "epochs": 2,
+            "sparsity": 1e-4, "retain": 0},
         "compose": {"tasks": ["sst2", "subj"], "name": "sst2_subj", "examples": 20},
     });
     let artifacts = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ui-explorer");
@@ -507,6 +512,12 @@ fn explorer_in_a_real_browser() {
         ["base+head", "base patch", "graft", "fine-tuned"]
     );
     assert_eq!(r["job_cancel_hidden"], true);
+    // The retention curve is drawn: magnitude and the method at the fixed size.
+    assert_eq!(r["job_retention_points"], 2, "{r}");
+    assert!(
+        ["retained", "no_gain"].contains(&r["job_verdict"].as_str().unwrap_or("")),
+        "{r}"
+    );
     let cancelled = s
         .get(&format!(
             "/v1/localizations/{}",

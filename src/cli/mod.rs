@@ -9,6 +9,7 @@ mod compose;
 mod engine_bench;
 mod evaluate;
 mod healthcheck;
+mod localize;
 mod predict;
 mod selfcheck;
 mod serve_vs_raw;
@@ -18,10 +19,8 @@ mod table;
 mod task;
 
 use crate::data::{self, FewShotSplit, SplitRule, TaskSpec};
-use crate::graft::job::LocalizationJob;
-use crate::graft::localize::{LocalizeOptions, Method};
 use crate::graft::RegionSpec;
-use crate::model::export::{load_finetuned_with, write_hf_dir};
+use crate::model::export::write_hf_dir;
 use crate::model::{BaseModel, HeadKind, HeadSpec};
 use crate::train::optim::OptimizerConfig;
 use crate::train::{finetune, FinetuneOptions, Progress, TrainScope};
@@ -45,7 +44,7 @@ enum Command {
     /// Fine-tune the base model on a task and write an HF directory.
     Finetune(FinetuneArgs),
     /// Find a fine-tuned checkpoint's graft (the sparse skill region) and write the graft file.
-    Localize(LocalizeArgs),
+    Localize(localize::LocalizeArgs),
     /// Evaluate a graft side by side with base+head (and base patch / fine-tuned when given the checkpoint).
     Evaluate(evaluate::EvaluateArgs),
     /// Task specs: write a starting spec from a data file, check a spec against its data, print the schema.
@@ -316,7 +315,8 @@ struct FinetuneArgs {
     /// Weight decay.
     #[arg(long, default_value_t = 1e-4)]
     weight_decay: f64,
-    /// λ of a proximal L1 pull ‖θ − θ_pre‖₁ (sparser fine-tuning, localizes better with AdamW).
+    /// λ of an L1 penalty λ‖θ − θ_pre‖₁ on the body, added to the loss (the paper's recipe for AdamW
+    /// checkpoints that localize: the optimizer pulls back every weight the task does not need).
     #[arg(long)]
     l1: Option<f64>,
     /// Optimizer steps.
@@ -359,62 +359,6 @@ impl RegionArgs {
             layers: self.layers.clone(),
         }
     }
-}
-
-#[derive(Args, Debug)]
-struct LocalizeArgs {
-    #[command(flatten)]
-    model: ModelArgs,
-    #[command(flatten)]
-    data: DataArgs,
-    /// The fine-tuned HF directory (from `finetune`, or transformers' save_pretrained).
-    #[arg(long)]
-    finetuned: PathBuf,
-    /// Output graft file.
-    #[arg(long)]
-    out: PathBuf,
-    /// Method.
-    #[arg(long, value_enum, default_value = "paper")]
-    method: Method,
-    /// Graft budget as a fraction of the region.
-    #[arg(long, default_value_t = 1e-4)]
-    sparsity: f64,
-    /// Mask-optimization epochs.
-    #[arg(long, default_value_t = 10)]
-    epochs: usize,
-    /// Mask learning rate η.
-    #[arg(long, default_value_t = 1e7)]
-    mask_lr: f64,
-    /// Sigmoid bias β.
-    #[arg(long, default_value_t = 10.0)]
-    sigmoid_bias: f64,
-    /// Relative L1 strength (method l1).
-    #[arg(long, default_value_t = 0.1)]
-    l1_lambda: f64,
-    /// Adam learning rate of the re-fitted values (method refit).
-    #[arg(long, default_value_t = 1e-3)]
-    refit_lr: f64,
-    /// Batch size for gradient accumulation.
-    #[arg(long, default_value_t = 8)]
-    batch_size: usize,
-    /// Seed of the mask initialisation.
-    #[arg(long, default_value_t = 0)]
-    mask_seed: u64,
-    /// Let the paper's method return more parameters than the budget (its rounded mask grows freely, as
-    /// in the paper); by default the mask is projected onto the budget's top-k by inclusion probability.
-    #[arg(long)]
-    allow_growth: bool,
-    #[command(flatten)]
-    region: RegionArgs,
-    /// ECE bins.
-    #[arg(long, default_value_t = 10)]
-    bins: usize,
-    #[command(flatten)]
-    head: HeadArgs,
-    /// Temperature scaling: auto (applied when cross-validation on dev lowers held-out NLL), temperature
-    /// (always), none.
-    #[arg(long, value_enum, default_value = "auto")]
-    calibration: crate::calibration::CalibrationPolicy,
 }
 
 impl ModelArgs {
@@ -555,6 +499,23 @@ impl Reporter {
     }
 }
 
+/// An error that ends the process with its own exit status (the message goes to stderr as usual).
+#[derive(Debug)]
+pub struct Exit {
+    /// Exit status.
+    pub code: i32,
+    /// What to print.
+    pub message: String,
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Exit {}
+
 fn print_json(v: &serde_json::Value) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
@@ -599,7 +560,7 @@ pub fn run(cli: Cli) -> Result<()> {
 fn dispatch(command: Command) -> Result<()> {
     match command {
         Command::Finetune(a) => cmd_finetune(a),
-        Command::Localize(a) => cmd_localize(a),
+        Command::Localize(a) => localize::cmd_localize(a),
         Command::Evaluate(a) => evaluate::cmd_evaluate(a),
         Command::Task(t) => task::run(t),
         Command::Overlap(a) => compose::cmd_overlap(a),
@@ -684,89 +645,6 @@ fn cmd_finetune(a: FinetuneArgs) -> Result<()> {
             report.seconds,
             report.best_dev_accuracy,
             report.best_step,
-            a.out.display()
-        );
-    }
-    Ok(())
-}
-
-fn cmd_localize(a: LocalizeArgs) -> Result<()> {
-    a.model.require_f32("localize")?;
-    let base = a.model.load()?;
-    let named = a.data.task.is_some() || a.data.task_spec.is_some();
-    let hint = if named { Some(a.data.task()?) } else { None };
-    let given = match (&hint, a.head.kind) {
-        (Some(t), _) => a.head.spec(&base, t)?,
-        (None, Some(_)) => bail!("--head needs the task (its labels and descriptions): name it with --task or --task-spec"),
-        (None, None) => None,
-    };
-    let ft = load_finetuned_with(
-        &a.finetuned,
-        &base.model,
-        hint.as_ref(),
-        &base.tokenizer,
-        &base.device,
-        given.as_ref(),
-    )?;
-    let task = match hint {
-        Some(t) => t,
-        None => ft
-            .task
-            .clone()
-            .context("the checkpoint does not say its task: name it with --task or --task-spec")?,
-    };
-    let split = a.data.split(&task)?;
-    let options = LocalizeOptions {
-        method: a.method,
-        sparsity: a.sparsity,
-        epochs: a.epochs,
-        lr: a.mask_lr,
-        sigmoid_bias: a.sigmoid_bias,
-        l1_lambda: a.l1_lambda,
-        refit_lr: a.refit_lr,
-        batch_size: a.batch_size,
-        seed: a.mask_seed,
-        region: a.region.spec(),
-        allow_growth: a.allow_growth,
-        calibration: a.calibration,
-    };
-    let job = LocalizationJob {
-        base: &base,
-        finetuned: &ft,
-        task,
-        split,
-        options,
-        bins: a.bins,
-        cancel: None,
-    };
-    let mut rep = Reporter::new();
-    let out = job.run(&mut |p| rep.handle(p))?;
-    out.graft.save(&a.out)?;
-    let m = &out.graft.manifest;
-    if a.model.json {
-        print_json(&serde_json::json!({
-            "out": a.out, "size": m.size, "region_size": m.region_size,
-            "region_fraction": m.region_fraction(), "model_fraction": m.model_fraction(),
-            "method": m.method, "best_epoch": out.localization.best_epoch,
-            "variants": out.variants, "history": out.localization.history, "timings": out.timings,
-        }))?;
-    } else {
-        println!(
-            "graft: {} parameters = {:.3e} of the region ({}), {:.3e} of the model; method {}, best epoch {}",
-            m.size,
-            m.region_fraction(),
-            m.region_size,
-            m.model_fraction(),
-            m.method,
-            out.localization.best_epoch
-        );
-        println!("{}", evaluate::variants_table(&out.variants, a.bins));
-        evaluate::print_calibration(&out.variants);
-        println!(
-            "times: setup {:.2}s, localization {:.2}s, evaluation {:.2}s; written to {}",
-            out.timings.setup_seconds,
-            out.timings.localize_seconds,
-            out.timings.evaluate_seconds,
             a.out.display()
         );
     }

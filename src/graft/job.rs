@@ -1,6 +1,8 @@
-//! A localization job end to end: region setup, localization, side-by-side evaluation, the graft artifact.
+//! A localization job end to end: region setup, localization (at a fixed size, or the budget search of
+//! [`super::budget`] with its retention curve and verdict), side-by-side evaluation, the graft artifact.
 //! The CLI's `localize` and the service's localization jobs both run this.
 
+use super::budget::{search, Budget, Retention, SearchSpec};
 use super::evaluate::{evaluate_variants, Variant, VariantReport};
 use super::localize::{localize, GraftableModel, Localization, LocalizeOptions};
 use super::{entries_from_mask, unix_now, BaseRef, Graft, GraftManifest, GRAFT_FORMAT};
@@ -26,6 +28,8 @@ pub struct LocalizationJob<'a> {
     pub options: LocalizeOptions,
     /// ECE bins of the evaluation.
     pub bins: usize,
+    /// The retention target and search (None: the fixed sparsity of `options`, no curve, no verdict).
+    pub budget: Option<Budget>,
     /// Set to stop the job early (it then fails with "cancelled").
     pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
@@ -51,6 +55,8 @@ pub struct LocalizationOutcome {
     pub variants: Vec<VariantReport>,
     /// Timings.
     pub timings: JobTimings,
+    /// The retention curve and verdict (when the job had a budget).
+    pub retention: Option<Retention>,
 }
 
 impl LocalizationJob<'_> {
@@ -71,27 +77,55 @@ impl LocalizationJob<'_> {
         let budget = super::localize::budget(self.options.sparsity, model.region.len());
         let growth =
             self.options.method == super::localize::Method::Paper && self.options.allow_growth;
-        progress(Progress::Message {
-            text: format!(
-                "region: {} tensors, {} parameters; budget {budget} ({:e}): the graft will have {}",
-                model.region.names.len(),
-                model.region.len(),
-                self.options.sparsity,
-                if growth {
-                    "about that many parameters (growth allowed: the paper's mask may exceed it)"
-                        .to_string()
-                } else {
-                    format!("at most {budget} parameters")
-                }
-            ),
-        });
-        let loc = localize(&model, &self.split, &self.options, progress)?;
-        let t1 = Instant::now();
         let eval_set = if self.split.test.is_empty() {
             &self.split.dev
         } else {
             &self.split.test
         };
+        let (loc, retention) = match &self.budget {
+            Some(b) => {
+                progress(Progress::Message {
+                    text: format!(
+                        "region: {} tensors, {} parameters",
+                        model.region.names.len(),
+                        model.region.len()
+                    ),
+                });
+                let parameters = self.base.model.body_parameter_count();
+                let spec = SearchSpec {
+                    budget: *b,
+                    bins: self.bins,
+                    body_parameters: parameters,
+                };
+                let (loc, r) =
+                    search(&model, &self.split, eval_set, &self.options, spec, progress)?;
+                progress(Progress::Message {
+                    text: r.summary.clone(),
+                });
+                (loc, Some(r))
+            }
+            None => {
+                progress(Progress::Message {
+                    text: format!(
+                        "region: {} tensors, {} parameters; budget {budget} ({:e}): the graft will have {}",
+                        model.region.names.len(),
+                        model.region.len(),
+                        self.options.sparsity,
+                        if growth {
+                            "about that many parameters (growth allowed: the paper's mask may exceed it)"
+                                .to_string()
+                        } else {
+                            format!("at most {budget} parameters")
+                        }
+                    ),
+                });
+                (
+                    localize(&model, &self.split, &self.options, progress)?,
+                    None,
+                )
+            }
+        };
+        let t1 = Instant::now();
         let variants = evaluate_variants(
             &model,
             &self.split,
@@ -126,7 +160,8 @@ impl LocalizationJob<'_> {
             .and_then(|v| v.calibration.clone());
         let metrics = serde_json::json!({
             "calibration": calibration,
-            "budget": budget,
+            "budget": loc.base_patch.len(),
+            "retention": retention,
             "variants": variants,
             "history": loc.history,
             "best_epoch": loc.best_epoch,
@@ -147,7 +182,12 @@ impl LocalizationJob<'_> {
             region_size: model.region.len(),
             size: loc.mask.len(),
             method: self.options.method.name().to_string(),
-            hyper_parameters: serde_json::to_value(&self.options)?,
+            hyper_parameters: serde_json::to_value(LocalizeOptions {
+                sparsity: retention
+                    .as_ref()
+                    .map_or(self.options.sparsity, |r| r.chosen_point().sparsity),
+                ..self.options.clone()
+            })?,
             head,
             task: Some(self.task.clone()),
             metrics,
@@ -173,6 +213,7 @@ impl LocalizationJob<'_> {
             localization: loc,
             variants,
             timings,
+            retention,
         })
     }
 }

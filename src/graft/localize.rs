@@ -1,6 +1,7 @@
 //! Localization: finding the graft (GRAFTING.md, exactly), plus the magnitude baseline, an L1-regularized
-//! variant (Localize-and-Stitch style), first-order saliency and `refit` (the base patch with its values
-//! re-trained on the task, as in lottery-ticket sparse fine-tuning), all at the same graft budget.
+//! variant (Localize-and-Stitch style), first-order saliency, `refit` (the base patch with its values
+//! re-trained on the task, as in lottery-ticket sparse fine-tuning), and the two localizers for AdamW deltas
+//! of [`super::methods`] (a learned mask, DARE's rescaled random drop), all at the same graft budget.
 //!
 //! Everything runs on flat buffers aligned with the region's tensors: θ_pre, Δ = θ_ft − θ_pre, the mask
 //! logits S and the accumulated gradient. Only region tensors are variables, so only they get gradients.
@@ -35,6 +36,11 @@ pub enum Method {
     /// coordinates move, starting from the fine-tuned values); the epoch with the best train + dev accuracy is
     /// kept.
     Refit,
+    /// A learned mask whose step is normalized by the mean |∇L ⊙ Δ| (does not vanish with |Δ|), started at
+    /// the base patch, its size held at the budget ([`super::methods::learned_mask`]).
+    Learned,
+    /// DARE: k coordinates drawn at random, their Δ rescaled by N/k (no optimization; a baseline).
+    Dare,
 }
 
 impl Method {
@@ -46,6 +52,8 @@ impl Method {
             Method::L1 => "l1",
             Method::Saliency => "saliency",
             Method::Refit => "refit",
+            Method::Learned => "learned",
+            Method::Dare => "dare",
         }
     }
 }
@@ -65,6 +73,9 @@ pub struct LocalizeOptions {
     pub sigmoid_bias: f64,
     /// L1 strength for the `l1` method, relative to the mean |gradient| of the first epoch.
     pub l1_lambda: f64,
+    /// Step size η of the `learned` method's logits (per epoch, in units of the mean |gradient|).
+    #[serde(default = "default_learned_lr")]
+    pub learned_lr: f64,
     /// Adam learning rate of the `refit` method.
     #[serde(default = "default_refit_lr")]
     pub refit_lr: f64,
@@ -93,6 +104,7 @@ impl Default for LocalizeOptions {
             sigmoid_bias: 10.0,
             l1_lambda: 0.1,
             refit_lr: default_refit_lr(),
+            learned_lr: default_learned_lr(),
             batch_size: 8,
             seed: 0,
             region: RegionSpec::default(),
@@ -108,6 +120,10 @@ const REFIT_STEPS_PER_EPOCH: usize = 4;
 
 fn default_refit_lr() -> f64 {
     1e-3
+}
+
+fn default_learned_lr() -> f64 {
+    1.0
 }
 
 /// Examples per forward pass when evaluating (length-sorted batches, see [`InputBuilder::logits`]).
@@ -595,6 +611,32 @@ pub fn localize(
                 }
             }
             (best_mask, best_epoch)
+        }
+        Method::Learned => {
+            let (mut best_score, _) = evaluate(0, &base_patch, None, None, None, Instant::now())?;
+            let (mut best_mask, mut best_epoch) = (base_patch.clone(), 0);
+            let steps = super::methods::LearnedSteps {
+                epochs: opts.epochs,
+                lr: opts.learned_lr as f32,
+            };
+            super::methods::learned_mask(model, &train_batches, &base_patch, steps, &mut |e| {
+                let projected = (e.rounded_size > k).then_some(e.rounded_size);
+                let (score, _) =
+                    evaluate(e.epoch, e.mask, None, Some(e.loss), projected, e.started)?;
+                if score > best_score {
+                    best_score = score;
+                    best_mask = e.mask.to_vec();
+                    best_epoch = e.epoch;
+                }
+                Ok(())
+            })?;
+            (best_mask, best_epoch)
+        }
+        Method::Dare => {
+            let (mask, v) = super::methods::dare(model, k, opts.seed);
+            evaluate(0, &mask, Some(&v), None, None, Instant::now())?;
+            values = Some(v);
+            (mask, 0)
         }
         Method::L1 => {
             let beta = opts.sigmoid_bias as f32;

@@ -6,9 +6,11 @@
 //! values there); the head's tensors as `head.NAME` (F32); and in the header metadata, key `skillgraft`, a
 //! JSON [`GraftManifest`] (base model hash, region, method and hyper-parameters, metrics, head and task).
 
+pub mod budget;
 pub mod evaluate;
 pub mod job;
 pub mod localize;
+pub mod methods;
 pub mod overlap;
 pub mod placement;
 pub mod region;
@@ -78,6 +80,18 @@ impl GraftManifest {
     /// Graft size as a fraction of all base body parameters.
     pub fn model_fraction(&self) -> f64 {
         self.size as f64 / self.base.parameters.max(1) as f64
+    }
+
+    /// The retention curve the localization job recorded (None for grafts made before retention targets,
+    /// without a budget, or whose record does not parse).
+    pub fn retention(&self) -> Option<budget::Retention> {
+        let r = self.metrics.get("retention")?;
+        if r.is_null() {
+            return None;
+        }
+        serde_json::from_value(r.clone())
+            .ok()
+            .filter(|r: &budget::Retention| r.chosen < r.points.len())
     }
 }
 

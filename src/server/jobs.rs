@@ -10,6 +10,7 @@ use super::AppState;
 use crate::calibration::CalibrationPolicy;
 use crate::data::files::LabelValue;
 use crate::data::{Example, FewShotSplit, SplitRule, TaskSpec};
+use crate::graft::budget::Verdict;
 use crate::graft::job::LocalizationJob;
 use crate::graft::localize::{LocalizeOptions, Method};
 use crate::graft::RegionSpec;
@@ -33,12 +34,45 @@ pub enum JobState {
     Queued,
     /// Running.
     Running,
-    /// Finished; the task is registered.
+    /// Finished; a graft keeps the retention target and the task is registered.
     Succeeded,
     /// Failed (see `error`).
     Failed,
     /// Cancelled by a user.
     Cancelled,
+    /// Finished, but no graft up to the ceiling keeps the retention target (`retention` says the best point
+    /// and what would work); the task is registered only when the request said `register_anyway`.
+    NotLocalized,
+}
+
+/// The retention target of a job (`budget`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetRequest {
+    /// Share of the fine-tuning gain on dev the graft must keep, in [0, 1] (default 0.95).
+    #[serde(default = "default_retain")]
+    #[schema(minimum = 0.0, maximum = 1.0)]
+    pub retain: f64,
+    /// Largest graft the search tries, as a fraction of the region (default 0.1).
+    #[serde(default = "default_ceiling")]
+    #[schema(exclusive_minimum = 0.0, maximum = 1.0)]
+    pub ceiling: f64,
+}
+
+impl Default for BudgetRequest {
+    fn default() -> Self {
+        Self {
+            retain: default_retain(),
+            ceiling: default_ceiling(),
+        }
+    }
+}
+
+fn default_retain() -> f64 {
+    crate::graft::budget::DEFAULT_RETAIN
+}
+fn default_ceiling() -> f64 {
+    crate::graft::budget::DEFAULT_CEILING
 }
 
 /// A localization request.
@@ -105,14 +139,24 @@ pub struct LocalizationRequest {
     /// Cap on test examples (built-in data).
     #[serde(default)]
     pub max_test: Option<usize>,
-    /// Method: paper, magnitude, l1, saliency, or refit (the base patch with re-trained values).
+    /// Method: paper, magnitude, l1, saliency, refit (the base patch with re-trained values), learned (a
+    /// learned mask for AdamW deltas) or dare (random drop and rescale, a baseline).
     #[serde(default = "default_method")]
     #[schema(value_type = MethodName)]
     pub method: Method,
-    /// Graft budget as a fraction of the region, in (0, 1].
-    #[serde(default = "default_sparsity")]
+    /// The retention target: the job searches a ladder of sizes (1e-5 of the region in half decades up to
+    /// `ceiling`) for the smallest graft keeping `retain` of the fine-tuning gain on dev. Default
+    /// `{"retain": 0.95, "ceiling": 0.1}`; with `sparsity` the size is fixed and `retain` still decides
+    /// the verdict.
+    #[serde(default)]
+    pub budget: Option<BudgetRequest>,
+    /// A fixed graft size as a fraction of the region, in (0, 1], instead of the search.
+    #[serde(default)]
     #[schema(exclusive_minimum = 0.0, maximum = 1.0)]
-    pub sparsity: f64,
+    pub sparsity: Option<f64>,
+    /// Register the task even when no graft keeps the target (the job still ends `not_localized`).
+    #[serde(default)]
+    pub register_anyway: bool,
     /// Mask-optimization epochs.
     #[serde(default = "default_epochs")]
     #[schema(maximum = 1000)]
@@ -139,6 +183,10 @@ pub enum MethodName {
     Saliency,
     /// The base patch with re-trained values.
     Refit,
+    /// A learned mask with a step normalized by the mean gradient.
+    Learned,
+    /// Random drop of Δ with rescaling (DARE).
+    Dare,
 }
 
 /// A labelled example given inline (the schema of `train`, `dev`, `test`).
@@ -224,9 +272,10 @@ impl LocalizationRequest {
                 self.checkpoint
             ));
         }
-        if !(self.sparsity > 0.0 && self.sparsity <= 1.0) || self.epochs > 1000 {
+        if self.sparsity.is_some_and(|s| !(s > 0.0 && s <= 1.0)) || self.epochs > 1000 {
             return Err("sparsity must be in (0, 1] and epochs at most 1000".into());
         }
+        self.budget_spec().check()?;
         if self.k == 0 || self.k > 4096 {
             return Err("k must be between 1 and 4096".into());
         }
@@ -254,6 +303,18 @@ impl LocalizationRequest {
     }
 }
 
+impl LocalizationRequest {
+    /// The job's budget: the search (or the fixed `sparsity`) and its target.
+    pub fn budget_spec(&self) -> crate::graft::budget::Budget {
+        let b = self.budget.unwrap_or_default();
+        crate::graft::budget::Budget {
+            retain: b.retain,
+            ceiling: b.ceiling,
+            search: self.sparsity.is_none(),
+        }
+    }
+}
+
 fn default_k() -> usize {
     16
 }
@@ -262,9 +323,6 @@ fn default_seed() -> u64 {
 }
 fn default_method() -> Method {
     Method::Paper
-}
-fn default_sparsity() -> f64 {
-    1e-4
 }
 fn default_epochs() -> usize {
     10
@@ -302,6 +360,15 @@ pub struct JobStatus {
     /// Timings, when finished.
     #[schema(value_type = Option<Object>)]
     pub timings: Option<serde_json::Value>,
+    /// The retention curve, when finished: target, measure, base+head and fine-tuned accuracies, every
+    /// point measured (method, size, dev/test accuracy, share of the gain kept, test ECE), the chosen
+    /// point, the verdict (`retained` / `not_localized`), a summary and advice.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub retention: Option<serde_json::Value>,
+    /// Whether the task was registered (absent in records before retention targets).
+    #[serde(default)]
+    pub registered: Option<bool>,
     /// Times (seconds since the Unix epoch).
     pub created_unix: u64,
     /// Start time.
@@ -411,7 +478,7 @@ impl JobManager {
 
     /// Number of this replica's jobs per state.
     pub fn counts(&self) -> Vec<(&'static str, usize)> {
-        let mut c = [0usize; 5];
+        let mut c = [0usize; 6];
         for e in self.jobs.iter() {
             if let Ok(s) = e.status.lock() {
                 c[s.state as usize] += 1;
@@ -423,6 +490,7 @@ impl JobManager {
             ("succeeded", c[2]),
             ("failed", c[3]),
             ("cancelled", c[4]),
+            ("not_localized", c[5]),
         ]
     }
 
@@ -442,6 +510,8 @@ impl JobManager {
             graft_size: None,
             variants: None,
             timings: None,
+            retention: None,
+            registered: None,
             created_unix: crate::graft::unix_now(),
             started_unix: None,
             finished_unix: None,
@@ -665,7 +735,7 @@ fn run_job(state: &Arc<AppState>, entry: &JobEntry) {
         s.started_unix = Some(crate::graft::unix_now());
         s.message = "loading checkpoint".into();
     });
-    let result = (|| -> Result<(usize, Vec<serde_json::Value>, serde_json::Value)> {
+    let result = (|| -> Result<Finished> {
         let pool = crate::compute_pool(Some(state.config.job_threads))?;
         pool.install(|| {
             let prepared = prepare(state, &request)?;
@@ -678,7 +748,7 @@ fn run_job(state: &Arc<AppState>, entry: &JobEntry) {
                 split,
                 options: LocalizeOptions {
                     method: request.method,
-                    sparsity: request.sparsity,
+                    sparsity: request.sparsity.unwrap_or(1e-4),
                     epochs: request.epochs,
                     lr: request.lr,
                     seed: request.mask_seed,
@@ -688,6 +758,7 @@ fn run_job(state: &Arc<AppState>, entry: &JobEntry) {
                     ..Default::default()
                 },
                 bins: 10,
+                budget: Some(request.budget_spec()),
                 cancel: Some(entry.cancel.clone()),
             };
             let out = job.run(&mut |p| match p {
@@ -701,31 +772,61 @@ fn run_job(state: &Arc<AppState>, entry: &JobEntry) {
                 Progress::Message { text } => update(state, entry, |s| s.message = text),
                 _ => {}
             })?;
-            let bytes = out.graft.to_bytes()?;
-            state
-                .install_task(&request.task_name, &bytes)
-                .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+            let retained = out
+                .retention
+                .as_ref()
+                .is_some_and(|r| r.verdict != Verdict::NotLocalized);
+            let register = retained || request.register_anyway;
+            if register {
+                let bytes = out.graft.to_bytes()?;
+                state
+                    .install_task(&request.task_name, &bytes)
+                    .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+            }
             let variants = match serde_json::to_value(&out.variants)? {
                 serde_json::Value::Array(v) => v,
                 other => vec![other],
             };
-            Ok((
-                out.graft.size(),
+            Ok(Finished {
+                size: out.graft.size(),
                 variants,
-                serde_json::to_value(&out.timings)?,
-            ))
+                timings: serde_json::to_value(&out.timings)?,
+                summary: out
+                    .retention
+                    .as_ref()
+                    .map_or_else(String::new, |r| r.summary.clone()),
+                retention: serde_json::to_value(&out.retention)?,
+                retained,
+                registered: register,
+            })
         })
     })();
     let cancelled = entry.cancel.load(Ordering::Relaxed);
     update(state, entry, |s| {
         s.finished_unix = Some(crate::graft::unix_now());
         match result {
-            Ok((size, variants, timings)) => {
-                s.state = JobState::Succeeded;
-                s.graft_size = Some(size);
-                s.variants = Some(variants);
-                s.timings = Some(timings);
-                s.message = format!("task `{}` registered", request.task_name);
+            Ok(f) => {
+                s.state = if f.retained {
+                    JobState::Succeeded
+                } else {
+                    JobState::NotLocalized
+                };
+                s.graft_size = Some(f.size);
+                s.variants = Some(f.variants);
+                s.timings = Some(f.timings);
+                s.retention = Some(f.retention);
+                s.registered = Some(f.registered);
+                s.message = match (f.retained, f.registered) {
+                    (true, _) => format!("task `{}` registered: {}", request.task_name, f.summary),
+                    (false, true) => format!(
+                        "{}; task `{}` registered anyway (register_anyway)",
+                        f.summary, request.task_name
+                    ),
+                    (false, false) => format!(
+                        "{}; task `{}` not registered (set register_anyway to register it)",
+                        f.summary, request.task_name
+                    ),
+                };
             }
             Err(_) if cancelled => {
                 s.state = JobState::Cancelled;
@@ -738,4 +839,15 @@ fn run_job(state: &Arc<AppState>, entry: &JobEntry) {
             }
         }
     });
+}
+
+/// What a finished job reports.
+struct Finished {
+    size: usize,
+    variants: Vec<serde_json::Value>,
+    timings: serde_json::Value,
+    summary: String,
+    retention: serde_json::Value,
+    retained: bool,
+    registered: bool,
 }

@@ -442,6 +442,7 @@ impl<'a> Study<'a> {
                 ..Default::default()
             },
             bins: 10,
+            budget: None,
             cancel: None,
         };
         let out = job.run(&mut |_| {})?;

@@ -227,7 +227,7 @@ pub struct FinetuneOptions {
     pub eval_every: usize,
     /// Global gradient-norm clip.
     pub clip: Option<f64>,
-    /// λ of the proximal L1 pull towards the pre-trained body.
+    /// λ of the L1 penalty λ‖θ − θ_pre‖₁ on the body, a term of the loss (the head is not penalized).
     pub l1: Option<f64>,
     /// What trains.
     pub scope: TrainScope,
@@ -365,7 +365,15 @@ pub fn finetune(
             );
         }
         let anchors = match opts.l1 {
-            Some(l) if l > 0.0 => Some((l, inst.snapshot()?)),
+            Some(l) if l > 0.0 => Some(optim::L1Penalty {
+                lambda: l,
+                anchors: inst
+                    .snapshot()?
+                    .into_iter()
+                    .zip(&inst.params.names)
+                    .map(|(v, name)| (!head_names.contains(name)).then_some(v))
+                    .collect(),
+            }),
             _ => None,
         };
         let mut opt = Optimizer::new(opts.optimizer.clone(), &inst.params, opts.clip, anchors)?;

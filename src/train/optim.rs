@@ -1,5 +1,8 @@
-//! Fused in-place optimizers (SGD with momentum, AdamW) with gradient clipping and an optional proximal
-//! L1 pull towards the pre-trained weights.
+//! Fused in-place optimizers (SGD with momentum, AdamW) with gradient clipping and an optional L1 penalty
+//! λ‖θ − θ_pre‖₁ on the pre-trained weights, as a term of the loss (the paper's `--l1_reg`): its gradient
+//! λ·sign(θ − θ_pre) is added to the task gradient before clipping and before the optimizer's moments, so
+//! AdamW's per-coordinate normalization turns it into a real pull back to θ_pre for every coordinate whose
+//! task gradient is smaller than λ.
 //!
 //! candle_nn's optimizers build a new tensor per parameter per step (AdamW ~5× slower than torch on this
 //! model); here each parameter is updated by one loop over its values, written in place.
@@ -55,11 +58,31 @@ pub struct Optimizer {
     m: Vec<Vec<f32>>,
     /// Second moment (AdamW only).
     v: Vec<Vec<f32>>,
-    /// Pre-trained values for the proximal L1 pull, with its strength λ.
-    l1: Option<(f64, Vec<Vec<f32>>)>,
+    /// The L1 penalty: λ and, per parameter, its pre-trained values (None: not penalized, e.g. a head).
+    l1: Option<L1Penalty>,
     /// Global gradient-norm clip (None = no clipping).
     clip: Option<f64>,
     step: u64,
+}
+
+/// λ‖θ − θ_pre‖₁ over the anchored parameters.
+#[derive(Debug, Clone)]
+pub struct L1Penalty {
+    /// λ.
+    pub lambda: f64,
+    /// Per trainable parameter, θ_pre (None: this parameter is not penalized).
+    pub anchors: Vec<Option<Vec<f32>>>,
+}
+
+/// sign(w − a), 0 where they are equal (the subgradient of |w − a| chosen at 0).
+fn sign_of_move(w: f32, a: f32) -> f32 {
+    if w > a {
+        1.0
+    } else if w < a {
+        -1.0
+    } else {
+        0.0
+    }
 }
 
 /// The update of one parameter tensor, run in place on its storage.
@@ -68,7 +91,7 @@ struct Update<'a> {
     m: RefCell<&'a mut [f32]>,
     v: RefCell<&'a mut [f32]>,
     anchor: Option<&'a [f32]>,
-    l1: f64,
+    l1: f32,
     scale: f32,
     config: &'a OptimizerConfig,
     step: u64,
@@ -78,7 +101,21 @@ impl Update<'_> {
     fn apply(&self, w: &mut [f32]) {
         let mut m = self.m.borrow_mut();
         let mut v = self.v.borrow_mut();
-        let g = self.grad;
+        // The loss gradient: the task's plus the penalty's, clipped together.
+        let penalized: Vec<f32>;
+        let g = match self.anchor {
+            Some(a) => {
+                penalized = self
+                    .grad
+                    .iter()
+                    .zip(w.iter())
+                    .zip(a)
+                    .map(|((&g, &wi), &ai)| g + self.l1 * sign_of_move(wi, ai))
+                    .collect();
+                &penalized[..]
+            }
+            None => self.grad,
+        };
         let s = self.scale;
         let lr = self.config.lr() as f32;
         match *self.config {
@@ -121,29 +158,24 @@ impl Update<'_> {
                 }
             }
         }
-        if let Some(anchor) = self.anchor {
-            // Proximal step for λ‖θ − θ_pre‖₁: soft-threshold the displacement by lr·λ.
-            let t = (self.config.lr() * self.l1) as f32;
-            for (wi, &a) in w.iter_mut().zip(anchor) {
-                let d = *wi - a;
-                *wi = a + d.signum() * (d.abs() - t).max(0.0);
-            }
-        }
     }
 }
 
 impl Optimizer {
-    /// A fresh optimizer for `params`; `l1` = (λ, pre-trained values) enables the proximal L1 pull.
+    /// A fresh optimizer for `params`; `l1` adds the L1 penalty to the loss.
     pub fn new(
         config: OptimizerConfig,
         params: &ParamSet,
         clip: Option<f64>,
-        l1: Option<(f64, Vec<Vec<f32>>)>,
+        l1: Option<L1Penalty>,
     ) -> Result<Self> {
         let sizes: Vec<usize> = params.vars.iter().map(|v| v.elem_count()).collect();
-        if let Some((_, anchors)) = &l1 {
-            if anchors.len() != sizes.len()
-                || anchors.iter().zip(&sizes).any(|(a, &n)| a.len() != n)
+        if let Some(p) = &l1 {
+            if p.anchors.len() != sizes.len()
+                || p.anchors
+                    .iter()
+                    .zip(&sizes)
+                    .any(|(a, &n)| a.as_ref().is_some_and(|a| a.len() != n))
             {
                 bail!("L1 anchors do not match the trainable parameters");
             }
@@ -178,8 +210,34 @@ impl Optimizer {
         Ok(total.sqrt())
     }
 
-    /// One step: clips the gradients' global norm (when clipping is on), then updates every parameter in
-    /// place. Returns the gradient norm before clipping (computed only when clipping is on).
+    /// Global L2 norm of the loss gradient: the task's plus the L1 penalty's at the current weights.
+    fn loss_grad_norm(&self, params: &ParamSet, grads: &[Tensor]) -> Result<f64> {
+        let Some(p) = &self.l1 else {
+            return Self::grad_norm(grads);
+        };
+        let lambda = p.lambda as f32;
+        let mut total = 0f64;
+        for ((var, g), anchor) in params.vars.iter().zip(grads).zip(&p.anchors) {
+            total += match anchor {
+                None => with_f32_slice(g, |s| s.iter().map(|&x| (x as f64).powi(2)).sum::<f64>())?,
+                Some(a) => with_f32_slice(g, |gs| {
+                    with_f32_slice(var.as_tensor(), |ws| {
+                        gs.iter()
+                            .zip(ws)
+                            .zip(a)
+                            .map(|((&g, &w), &a)| {
+                                ((g + lambda * sign_of_move(w, a)) as f64).powi(2)
+                            })
+                            .sum::<f64>()
+                    })
+                })??,
+            };
+        }
+        Ok(total.sqrt())
+    }
+
+    /// One step: clips the loss gradient's global norm (when clipping is on), then updates every parameter
+    /// in place. Returns the gradient norm before clipping (computed only when clipping is on).
     pub fn step(&mut self, params: &ParamSet, grads: &[Tensor]) -> Result<Option<f64>> {
         if grads.len() != params.vars.len() {
             bail!(
@@ -190,7 +248,7 @@ impl Optimizer {
         }
         self.step += 1;
         let norm = match self.clip {
-            Some(_) => Some(Self::grad_norm(grads)?),
+            Some(_) => Some(self.loss_grad_norm(params, grads)?),
             None => None,
         };
         if norm.is_some_and(|n| !n.is_finite()) {
@@ -202,8 +260,8 @@ impl Optimizer {
         };
         for (i, (var, grad)) in params.vars.iter().zip(grads).enumerate() {
             let (m, v) = (&mut self.m[i], &mut self.v[i]);
-            let anchor = self.l1.as_ref().map(|(_, a)| a[i].as_slice());
-            let l1 = self.l1.as_ref().map_or(0.0, |(l, _)| *l);
+            let anchor = self.l1.as_ref().and_then(|p| p.anchors[i].as_deref());
+            let l1 = self.l1.as_ref().map_or(0.0, |p| p.lambda as f32);
             let config = &self.config;
             let step = self.step;
             with_f32_slice(grad, |g| {
@@ -301,18 +359,74 @@ mod tests {
     }
 
     #[test]
-    fn l1_proximal_step_zeroes_small_moves() {
-        let p = one_param(vec![0.0, 0.0]);
+    fn l1_term_adds_lambda_sign_to_the_gradient() {
+        // SGD, lr 1: θ ← θ − (g + λ sign(θ − θ_pre)); no pull where θ = θ_pre, the head (None) untouched.
+        let p = one_param(vec![0.0, 0.5, -0.5]);
         let cfg = OptimizerConfig::Sgd {
             lr: 1.0,
             momentum: 0.0,
             weight_decay: 0.0,
         };
-        let mut opt = Optimizer::new(cfg, &p, None, Some((0.1, vec![vec![0.0, 0.0]]))).unwrap();
-        opt.step(&p, &[Tensor::new(&[0.05f32, -1.0], &Device::Cpu).unwrap()])
-            .unwrap();
+        let pen = L1Penalty {
+            lambda: 0.1,
+            anchors: vec![Some(vec![0.0, 0.0, 0.0])],
+        };
+        let mut opt = Optimizer::new(cfg.clone(), &p, None, Some(pen)).unwrap();
+        opt.step(
+            &p,
+            &[Tensor::new(&[0.0f32, 0.0, 0.0], &Device::Cpu).unwrap()],
+        )
+        .unwrap();
         let w = values(&p);
-        assert_eq!(w[0], 0.0, "a move smaller than lr·λ is cancelled");
-        assert!((w[1] - 0.9).abs() < 1e-6, "{w:?}");
+        assert_eq!(w[0], 0.0, "no move at θ_pre");
+        assert!(
+            (w[1] - 0.4).abs() < 1e-6 && (w[2] + 0.4).abs() < 1e-6,
+            "{w:?}"
+        );
+        let head = one_param(vec![0.5]);
+        let none = L1Penalty {
+            lambda: 0.1,
+            anchors: vec![None],
+        };
+        let mut opt = Optimizer::new(cfg, &head, None, Some(none)).unwrap();
+        opt.step(&head, &[Tensor::new(&[0.0f32], &Device::Cpu).unwrap()])
+            .unwrap();
+        assert_eq!(
+            values(&head),
+            vec![0.5],
+            "an unanchored parameter is not penalized"
+        );
+    }
+
+    #[test]
+    fn l1_term_pulls_adamw_back_where_the_task_gradient_is_small() {
+        // Under AdamW the penalty's gradient is normalized like the task's: a coordinate whose task gradient
+        // is below λ returns towards θ_pre by ≈ lr per step, one with a larger gradient keeps moving.
+        let p = one_param(vec![0.01, 0.01]);
+        let cfg = OptimizerConfig::AdamW {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        };
+        let pen = L1Penalty {
+            lambda: 1e-3,
+            anchors: vec![Some(vec![0.0, 0.0])],
+        };
+        let mut opt = Optimizer::new(cfg, &p, None, Some(pen)).unwrap();
+        let g = Tensor::new(&[-1e-4f32, -1e-2], &Device::Cpu).unwrap();
+        for _ in 0..5 {
+            opt.step(&p, std::slice::from_ref(&g)).unwrap();
+        }
+        let w = values(&p);
+        assert!(
+            w[0] < 0.01 - 4e-3,
+            "small task gradient: pulled back, {w:?}"
+        );
+        assert!(
+            w[1] > 0.01 + 4e-3,
+            "large task gradient: still moves away, {w:?}"
+        );
     }
 }

@@ -27,6 +27,7 @@ from sgclient.api.apipredict import evaluate, predict  # noqa: E402
 from sgclient.api.apitasks import delete_task, get_graft, get_task, list_tasks, put_graft  # noqa: E402
 from sgclient.api.default import docs, spec  # noqa: E402
 from sgclient.models import (  # noqa: E402
+    BudgetRequest,
     CheckpointInfo,
     CompositionRequest,
     CompositionRequestData,
@@ -93,7 +94,8 @@ print(f"checkpoint: {ck.id} ({ck.head}, {len(ck.files)} files)")
 
 # A localization job, followed over server-sent events, then polled.
 req = LocalizationRequest(
-    checkpoint=ck.id, task_name="sst2", task="sst2", k=8, max_test=20, epochs=1, method=MethodName.PAPER
+    checkpoint=ck.id, task_name="sst2", task="sst2", k=8, max_test=20, epochs=1, method=MethodName.PAPER,
+    sparsity=1e-4, budget=BudgetRequest(retain=0.0),
 )
 job = create_localization.sync(client=admin, body=req)
 check(isinstance(job, JobStatus), f"create localization: {job}")

@@ -204,11 +204,15 @@ try {
   await page.fill('#job-k', String(job.k));
   await page.fill('#job-max-test', String(job.max_test));
   await page.fill('#job-epochs', String(job.epochs));
+  if (job.sparsity !== undefined) await page.fill('#job-sparsity', String(job.sparsity));
+  if (job.retain !== undefined) await page.fill('#job-retain', String(job.retain));
   await audit('jobs');
   await page.click('#job-start');
   await page.waitForURL(/#\/jobs\/job-/);
   report.job_id = decodeURIComponent(page.url().split('#/jobs/')[1]);
-  await timed('job_run', () => page.waitForSelector('#job-log li[data-state="succeeded"], #job-log li[data-state="failed"]', { timeout: 300_000 }));
+  await timed('job_run', () => page.waitForSelector('#job-log li[data-state="succeeded"], #job-log li[data-state="failed"], #job-log li[data-state="not_localized"]', { timeout: 300_000 }));
+  report.job_retention_points = await page.$$eval('#job-retention-chart circle.point', (c) => c.length);
+  report.job_verdict = await page.$eval('#job-verdict', (p) => p.dataset.verdict).catch(() => null);
   report.job_log = await page.$$eval('#job-log li', (items) => items.map((li) => ({ state: li.dataset.state, epoch: Number(li.dataset.epoch), text: li.textContent })));
   report.job_progress = await page.$eval('#job-progress', (p) => ({ value: p.value, max: p.max }));
   report.job_progress_text = await page.textContent('#job-progress-text');

@@ -52,9 +52,44 @@ pub struct TaskSummary {
     pub temperature: Option<f64>,
     /// Why: the calibration decision recorded with the graft (cross-validation on dev).
     pub calibration_reason: String,
-    /// Stored metrics (accuracy, ECE of base+head / base patch / graft / fine-tuned).
+    /// How much of the fine-tuning gain the graft keeps (absent for grafts made before retention targets,
+    /// imported without one, or composed).
+    pub retention: Option<TaskRetention>,
+    /// Stored metrics (accuracy, ECE of base+head / base patch / graft / fine-tuned; the retention curve).
     #[schema(value_type = Object)]
     pub metrics: serde_json::Value,
+}
+
+/// A task's retention at a glance.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TaskRetention {
+    /// Share of the fine-tuning gain on dev the graft keeps (absent when fine-tuning gained nothing on dev).
+    pub kept: Option<f64>,
+    /// The same share on the test split.
+    pub test_kept: Option<f64>,
+    /// The target the job had.
+    pub target: f64,
+    /// `retained`, `not_localized` (registered anyway) or `no_gain` (fine-tuning gained nothing on dev).
+    pub verdict: String,
+    /// The verdict in a sentence.
+    pub summary: String,
+}
+
+fn task_retention(m: &crate::graft::GraftManifest) -> Option<TaskRetention> {
+    let r = m.retention()?;
+    let p = r.chosen_point();
+    Some(TaskRetention {
+        kept: p.retained,
+        test_kept: p.test_retained,
+        target: r.target,
+        verdict: match r.verdict {
+            crate::graft::budget::Verdict::Retained => "retained",
+            crate::graft::budget::Verdict::NotLocalized => "not_localized",
+            crate::graft::budget::Verdict::NoGain => "no_gain",
+        }
+        .into(),
+        summary: r.summary.clone(),
+    })
 }
 
 /// The summary of a served task.
@@ -84,7 +119,9 @@ pub(super) fn summary(t: &ServedTask) -> TaskSummary {
         method: m.method.clone(),
         temperature: temperature_of(t),
         calibration_reason: calibration_reason(t),
-        metrics: serde_json::json!({"variants": variants, "calibration": m.metrics["calibration"]}),
+        retention: task_retention(m),
+        metrics: serde_json::json!({"variants": variants, "calibration": m.metrics["calibration"],
+            "retention": m.metrics.get("retention")}),
     }
 }
 
@@ -101,6 +138,7 @@ fn failed_summary(name: &str, error: &str) -> TaskSummary {
         method: String::new(),
         temperature: None,
         calibration_reason: String::new(),
+        retention: None,
         metrics: serde_json::json!({}),
     }
 }

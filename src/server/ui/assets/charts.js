@@ -255,3 +255,44 @@ export function bars(title, labels, series, format = String, max = undefined) {
   });
   return svg;
 }
+
+/**
+ * A retention curve: share of the fine-tuning gain kept (y, clamped to [−0.25, 1.25]) against graft size as a
+ * share of the model (x, log scale), one polyline per method, a dashed line at the target, the chosen point
+ * ringed. curve: the job's `retention` record ({target, points: [{method, model_fraction, retained}], chosen}).
+ */
+export function retentionCurve(title, curve, id) {
+  const x0 = 50;
+  const y0 = 30;
+  const w = 300;
+  const hgt = 160;
+  const width = x0 + w + 130;
+  const height = y0 + hgt + 40;
+  const svg = s('svg', { class: 'chart lines', id, width, height, viewBox: `0 0 ${width} ${height}`, role: 'img', 'aria-label': title });
+  svg.append(s('text', { x: x0, y: 18, class: 'panel-title' }, title));
+  svg.append(s('rect', { x: x0, y: y0, width: w, height: hgt, fill: 'none', stroke: '#888888' }));
+  const pts = curve.points.filter((p) => p.size > 0 && Number.isFinite(p.retained));
+  const logs = pts.map((p) => Math.log10(p.model_fraction));
+  const lo = Math.floor(Math.min(-5, ...logs));
+  const hi = Math.ceil(Math.max(-1, ...logs));
+  const px = (f) => x0 + ((Math.log10(f) - lo) / Math.max(1, hi - lo)) * w;
+  const [ymin, ymax] = [-0.25, 1.25];
+  const py = (y) => y0 + (1 - (Math.min(ymax, Math.max(ymin, y)) - ymin) / (ymax - ymin)) * hgt;
+  for (const t of [0, 0.5, 1]) svg.append(s('text', { x: x0 - 4, y: py(t) + 3, 'text-anchor': 'end', class: 'tick' }, `${t * 100}%`));
+  for (let e = lo; e <= hi; e += 1) svg.append(s('text', { x: px(10 ** e), y: y0 + hgt + 14, 'text-anchor': 'middle', class: 'tick' }, `1e${e}`));
+  svg.append(s('text', { x: x0 + w / 2, y: y0 + hgt + 30, 'text-anchor': 'middle', class: 'axis' }, 'graft size (share of the model)'));
+  svg.append(s('text', { x: x0 - 38, y: y0 + hgt / 2, 'text-anchor': 'middle', class: 'axis', transform: `rotate(-90 ${x0 - 38} ${y0 + hgt / 2})` }, 'gain kept (dev)'));
+  svg.append(s('line', { x1: x0, x2: x0 + w, y1: py(curve.target), y2: py(curve.target), stroke: '#888888', 'stroke-dasharray': '4 3', class: 'target' }));
+  const methods = [...new Set(pts.map((p) => p.method))];
+  methods.forEach((m, k) => {
+    const color = m === 'magnitude' ? COLORS['base patch'] : COLORS.graft;
+    const mp = pts.filter((p) => p.method === m).sort((a, b) => a.size - b.size);
+    svg.append(s('polyline', { points: mp.map((p) => `${px(p.model_fraction).toFixed(1)},${py(p.retained).toFixed(1)}`).join(' '), fill: 'none', stroke: color, 'stroke-width': 1.5 }));
+    for (const p of mp) svg.append(s('circle', { cx: px(p.model_fraction), cy: py(p.retained), r: 3, fill: color, class: 'point' }));
+    svg.append(s('rect', { x: x0 + w + 12, y: y0 + k * 16, width: 10, height: 10, fill: color }));
+    svg.append(s('text', { x: x0 + w + 26, y: y0 + 9 + k * 16, class: 'legend' }, m));
+  });
+  const c = curve.points[curve.chosen];
+  if (c && Number.isFinite(c.retained)) svg.append(s('circle', { cx: px(c.model_fraction), cy: py(c.retained), r: 6, fill: 'none', stroke: '#000000', class: 'chosen' }));
+  return svg;
+}

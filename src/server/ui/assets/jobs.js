@@ -3,7 +3,7 @@
 
 import { h, replace, pct, int, fixed, when, statusLine, showError, field } from './dom.js';
 import * as api from './api.js';
-import { lines } from './charts.js';
+import { lines, retentionCurve } from './charts.js';
 import { kept, tar } from './tar.js';
 
 const METHODS = [
@@ -12,8 +12,10 @@ const METHODS = [
   ['saliency', 'saliency (top |∇L ⊙ Δ|)'],
   ['l1', 'l1 (L1-penalized mask)'],
   ['refit', 'refit (values re-trained)'],
+  ['learned', 'learned (mask for AdamW deltas)'],
+  ['dare', 'dare (random drop + rescale)'],
 ];
-const ENDED = ['succeeded', 'failed', 'cancelled'];
+const ENDED = ['succeeded', 'failed', 'cancelled', 'not_localized'];
 
 function readOnlyNote(ctx) {
   return ctx.session.can_write ? null : h('p', { class: 'note readonly', id: 'readonly-note' },
@@ -82,7 +84,10 @@ function startCard(ctx) {
   const k = num('job-k', 16, { min: 1, max: 4096 });
   const seed = num('job-seed', 42, { min: 0 });
   const maxTest = num('job-max-test', '', { min: 1, placeholder: 'all' });
-  const sparsity = h('input', { type: 'text', id: 'job-sparsity', value: '1e-4', inputmode: 'decimal' });
+  const sparsity = h('input', { type: 'text', id: 'job-sparsity', value: '', inputmode: 'decimal', placeholder: 'search' });
+  const retain = h('input', { type: 'text', id: 'job-retain', value: '0.95', inputmode: 'decimal' });
+  const ceiling = h('input', { type: 'text', id: 'job-ceiling', value: '0.1', inputmode: 'decimal' });
+  const anyway = h('input', { type: 'checkbox', id: 'job-register-anyway' });
   const epochs = num('job-epochs', 10, { min: 0, max: 1000 });
   const lr = h('input', { type: 'text', id: 'job-lr', value: '1e7', inputmode: 'decimal' });
   const maskSeed = num('job-mask-seed', 0, { min: 0 });
@@ -100,7 +105,10 @@ function startCard(ctx) {
         field('Examples per class (K)', k)[0],
         field('Few-shot seed', seed)[0],
         field('Test examples at most', maxTest, 'empty: the whole test split')[0],
-        field('Sparsity (share of the region)', sparsity)[0],
+        field('Keep (share of the gain on dev)', retain, 'the smallest graft keeping it is searched')[0],
+        field('Largest graft (share of the region)', ceiling)[0],
+        field('Fixed sparsity (share of the region)', sparsity, 'empty: search the sizes')[0],
+        field('Register even below the target', anyway)[0],
         field('Epochs', epochs)[0],
         field('Mask learning rate', lr)[0],
         field('Mask seed', maskSeed)[0]),
@@ -122,13 +130,16 @@ function startCard(ctx) {
     line.classList.remove('error');
     const body = {
       checkpoint: checkpoint.value.trim(), task_name: name.value.trim(), method: method.value,
-      k: Number(k.value), seed: Number(seed.value), sparsity: Number(sparsity.value), epochs: Number(epochs.value),
+      k: Number(k.value), seed: Number(seed.value), epochs: Number(epochs.value),
       lr: Number(lr.value), mask_seed: Number(maskSeed.value),
+      budget: { retain: Number(retain.value), ceiling: Number(ceiling.value) }, register_anyway: anyway.checked,
     };
+    if (sparsity.value.trim()) body.sparsity = Number(sparsity.value);
     if (task.value.startsWith('ds-')) body.dataset = task.value; else body.task = task.value;
     if (maxTest.value) body.max_test = Number(maxTest.value);
-    if (!Number.isFinite(body.sparsity) || !Number.isFinite(body.lr)) {
-      showError(line, new Error('Sparsity and learning rate must be numbers (e.g. 1e-4).'));
+    const numbers = [body.lr, body.budget.retain, body.budget.ceiling, body.sparsity ?? 0];
+    if (!numbers.every(Number.isFinite)) {
+      showError(line, new Error('Sparsity, target, ceiling and learning rate must be numbers (e.g. 1e-4).'));
       return;
     }
     button.disabled = true;
@@ -222,7 +233,7 @@ export function renderJob(main, ctx, id) {
     message.textContent = st.error ? `${st.message}: ${st.error}` : st.message;
     replace(facts,
       ...[['Task', st.request.task_name], ['Data set', `${st.request.task || st.request.dataset || 'inline'} (K = ${st.request.k}, seed ${st.request.seed})`],
-        ['Method', `${st.request.method}, sparsity ${st.request.sparsity}`], ['State', h('span', { class: `state state-${st.state}` }, st.state)],
+        ['Method', `${st.request.method}, ${st.request.sparsity ? `sparsity ${st.request.sparsity}` : 'size searched'}`], ['State', h('span', { class: `state state-${st.state}` }, st.state)],
         ['Started', when(st.started_unix)], ['Finished', when(st.finished_unix)]]
         .map(([k, v]) => h('div', {}, h('dt', {}, k), h('dd', {}, v))));
     cancel.hidden = !(ctx.session.can_write && !ENDED.includes(st.state));
@@ -236,13 +247,20 @@ export function renderJob(main, ctx, id) {
     }
     const acc = Number.isFinite(st.train_accuracy) ? ` (train ${pct(st.train_accuracy)}, dev ${pct(st.dev_accuracy)})` : '';
     log.append(h('li', { 'data-state': st.state, 'data-epoch': st.epoch }, `${new Date().toLocaleTimeString('en-GB')} ${progressText(st)} — ${st.message}${acc}`));
-    if (st.state === 'succeeded') {
+    if (st.state === 'succeeded' || st.state === 'not_localized') {
       const t = st.timings || {};
+      const r = st.retention;
+      const registered = st.registered !== false;
+      const taskLink = h('a', { href: `#/tasks/${encodeURIComponent(st.request.task_name)}`, id: 'job-task-link' }, st.request.task_name);
       replace(result, h('section', { class: 'card', 'aria-labelledby': 'h-result' },
-        h('h2', { id: 'h-result' }, 'Result'),
-        h('p', {}, `Graft of ${int(st.graft_size)} parameters registered as task `,
-          h('a', { href: `#/tasks/${encodeURIComponent(st.request.task_name)}`, id: 'job-task-link' }, st.request.task_name),
-          `. Localization ${fixed(t.localize_seconds, 1)} s, evaluation ${fixed(t.evaluate_seconds, 1)} s.`),
+        h('h2', { id: 'h-result' }, st.state === 'succeeded' ? 'Result' : 'Result: does not localize'),
+        r ? h('p', { id: 'job-verdict', class: st.state === 'succeeded' ? '' : 'error', 'data-verdict': r.verdict }, r.summary) : null,
+        r && r.advice && r.advice.length ? h('ul', { id: 'job-advice' }, r.advice.map((a) => h('li', {}, a))) : null,
+        registered
+          ? h('p', {}, `Graft of ${int(st.graft_size)} parameters registered as task `, taskLink,
+            `. Localization ${fixed(t.localize_seconds, 1)} s, evaluation ${fixed(t.evaluate_seconds, 1)} s.`)
+          : h('p', { id: 'job-not-registered' }, `Task ${st.request.task_name} was not registered (tick “Register even below the target” to register the best graft).`),
+        r ? retentionCurve('Gain kept against graft size', r, 'job-retention-chart') : null,
         st.variants ? variantsTable(st.variants) : null));
     } else if (st.state === 'failed') {
       replace(result, h('p', { class: 'error', id: 'job-error' }, `Failed: ${st.error || 'unknown error'}`));

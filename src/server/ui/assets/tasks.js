@@ -3,7 +3,7 @@
 
 import { h, replace, pct, int, fixed, statusLine, showError, field } from './dom.js';
 import * as api from './api.js';
-import { heatmap, reliability } from './charts.js';
+import { heatmap, reliability, retentionCurve } from './charts.js';
 
 function graftRow(summary) {
   const variants = (summary.metrics && summary.metrics.variants) || [];
@@ -21,6 +21,7 @@ const COLUMNS = [
   { key: 'method', label: 'Method', text: true },
   { key: 'graft_size', label: 'Graft size', show: int },
   { key: 'percent_of_model', label: 'Share of model', show: (x) => `${fixed(x, 4)}%` },
+  { key: 'kept', label: 'Gain kept', show: (x) => pct(x) },
   { key: 'accuracy', label: 'Accuracy', show: (x) => pct(x) },
   { key: 'ece', label: 'ECE', show: (x) => pct(x) },
   { key: 'ece_after', label: 'ECE after T', show: (x) => pct(x) },
@@ -36,6 +37,7 @@ function rowOf(t) {
     method: t.method,
     graft_size: t.graft_size,
     percent_of_model: t.percent_of_model,
+    kept: t.retention ? t.retention.kept : undefined,
     accuracy: g.accuracy,
     ece: g.ece,
     ece_after: g.ece_after_temperature,
@@ -238,7 +240,14 @@ export function renderTask(main, ctx, name) {
           h('div', {}, h('dt', {}, 'Head'), h('dd', {}, summary.head)),
           h('div', {}, h('dt', {}, 'Method'), h('dd', {}, summary.method)),
           h('div', {}, h('dt', {}, 'Graft'), h('dd', {}, `${int(summary.graft_size)} parameters, ${fixed(summary.percent_of_model, 4)}% of the model`)),
-          h('div', {}, h('dt', {}, 'Calibration'), h('dd', {}, calibrationText(summary.temperature)))),
+          h('div', {}, h('dt', {}, 'Calibration'), h('dd', {}, calibrationText(summary.temperature))),
+          h('div', {}, h('dt', {}, 'Gain kept'), h('dd', { id: 'task-retention' }, summary.retention
+            ? `${pct(summary.retention.kept)} on dev, ${pct(summary.retention.test_kept)} on test (target ${pct(summary.retention.target, 0)}): ${summary.retention.summary}`
+            : 'not recorded'))),
+        summary.metrics && summary.metrics.retention
+          ? h('section', { class: 'card', 'aria-labelledby': 'h-retention' }, h('h2', { id: 'h-retention' }, 'Retention curve'),
+            retentionCurve('Gain kept against graft size', summary.metrics.retention, 'task-retention-chart'))
+          : null,
         h('div', { class: 'grid2' },
           h('section', { 'aria-labelledby': 'h-metrics', class: 'card' }, h('h2', { id: 'h-metrics' }, 'Metrics'), metricsTable(summary, calibration)),
           tryIt(summary, ctx)),
