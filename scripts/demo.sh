@@ -37,5 +37,5 @@ for _ in $(seq 1 120); do
   fi
   sleep 1
 done
-python3 scripts/demo_client.py --url "http://$addr" sst2="$out/ft-sst2" subj="$out/ft-subj"
+python3 scripts/demo-client.py --url "http://$addr" sst2="$out/ft-sst2" subj="$out/ft-subj"
 echo "server log: $out/server.log; API docs were at http://$addr/docs"

@@ -1,16 +1,34 @@
 //! The `skillgraft` binary: see `skillgraft --help`.
 
-use clap::Parser;
+use clap::{ArgMatches, CommandFactory, FromArgMatches};
+use skillgraft::cli::Cli;
+
+/// The `--threads` of the command being run (the innermost subcommand that has one, flag or environment).
+fn threads(matches: &ArgMatches) -> Option<usize> {
+    let mut found = None;
+    let mut m = matches;
+    while let Some((_, sub)) = m.subcommand() {
+        if let Ok(Some(&n)) = sub.try_get_one::<usize>("threads") {
+            found = Some(n);
+        }
+        m = sub;
+    }
+    found
+}
 
 fn main() {
     skillgraft::model::ops::heap::keep_freed_memory();
+    let mut matches = Cli::command().get_matches();
+    // Process-wide settings, made here, before any thread exists, and never again.
+    skillgraft::set_process_threads(threads(&matches));
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = skillgraft::cli::Cli::parse();
+    let cli = Cli::from_arg_matches_mut(&mut matches)
+        .unwrap_or_else(|e| e.format(&mut Cli::command()).exit());
     if let Err(e) = skillgraft::cli::run(cli) {
         eprintln!("error: {e:#}");
         let code = e

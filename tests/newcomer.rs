@@ -1,4 +1,4 @@
-//! The README's "Bring your own task" flow, end to end, on a task the code has no built-in knowledge of:
+//! The "Bring your own task" flow of docs/tasks.md, end to end, on a task the code has no built-in knowledge of:
 //! "tone" (fact / praise / complaint, string labels, a CSV file with a split column, made from the shared
 //! data). A spec is written by `skillgraft task init`; checkpoints come in transformers' own layouts with no
 //! skillgraft files (a `BertForSequenceClassification` with 3 labels and `id2label`, and a body fine-tuned
@@ -52,7 +52,7 @@ fn sentences(file: &str, label: &str) -> Vec<String> {
         .collect()
 }
 
-/// The "tone" task (scripts/make_tone_task.py): every 8th sentence of each source, every 5th row test.
+/// The "tone" task (scripts/make-tone-task.py): every 8th sentence of each source, every 5th row test.
 fn write_tone_csv(path: &Path) -> usize {
     let mut rows = Vec::new();
     for (tone, file, label) in [

@@ -7,7 +7,7 @@
 //! `$CARGO_TARGET_TMPDIR/ui-explorer/` (and in `$SKILLGRAFT_UI_DOCS_DIR` when set).
 //!
 //! Needs `chromium` (`apt-get install chromium`), node with npm, and the npm packages pinned in
-//! `tests/ui/package-lock.json` (installed into the cache by `scripts/ui-deps.sh`). Without them the test
+//! `tests/ui/package-lock.json` (installed into the cache by `tests/ui/tools.sh`). Without them the test
 //! skips loudly, or fails when `SKILLGRAFT_REQUIRE_BROWSER=1` (set by `scripts/test.sh`).
 
 mod common;
@@ -53,16 +53,14 @@ fn browser() -> Option<Browser> {
     let node_modules = match std::env::var_os("SKILLGRAFT_UI_NODE_MODULES") {
         Some(p) => PathBuf::from(p),
         None => {
-            let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/ui-deps.sh"))
+            let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ui/tools.sh"))
                 .stderr(Stdio::inherit())
                 .output();
             match out {
                 Ok(o) if o.status.success() => {
                     PathBuf::from(String::from_utf8_lossy(&o.stdout).trim().to_string())
                 }
-                _ => {
-                    return missing("scripts/ui-deps.sh could not install the npm packages".into())
-                }
+                _ => return missing("tests/ui/tools.sh could not install the npm packages".into()),
             }
         }
     };

@@ -1,6 +1,6 @@
 //! Helpers shared by the fuzz targets.
 
-/// Writes each seed into the directory named by `SKILLGRAFT_FUZZ_SEEDS`, when set (`scripts/fuzz.sh` seeds
+/// Writes each seed into the directory named by `SKILLGRAFT_FUZZ_SEEDS`, when set (`scripts/dev/fuzz.sh` seeds
 /// every corpus this way before fuzzing).
 pub fn write_seeds(seeds: impl FnOnce() -> Vec<Vec<u8>>) {
     if let Ok(dir) = std::env::var("SKILLGRAFT_FUZZ_SEEDS") {

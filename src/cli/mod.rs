@@ -1,5 +1,9 @@
-//! The command-line face of the library: every subcommand parses flags, calls library code, and prints a
-//! human table or (`--json`) one JSON document on stdout. Progress goes to stderr.
+//! The command-line face of the library: every subcommand parses its flags and calls library code. Commands
+//! that report print a human table on stdout, or with `--json` one JSON document; commands that write files
+//! (`finetune`, `localize`, `export`, `synthetic`, `task init`) say what they wrote. `serve` runs the HTTP
+//! service until stopped, `healthcheck` answers with its exit status, and the hidden `bench-worker` answers
+//! timing requests over stdin/stdout. Progress goes to stderr. Every command but `serve` and `healthcheck`
+//! runs inside one compute pool ([`run`]).
 
 mod bench;
 mod bench_http;

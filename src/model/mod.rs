@@ -1,7 +1,12 @@
-//! Model code: BERT/RoBERTa encoders, task heads, loading and tokenization.
+//! Model code: BERT/RoBERTa encoders, task heads, loading, tokenization and the kernels under them.
 //!
 //! The encoder is our own (not candle-transformers'): candle's fused LayerNorm has no backward pass, so a
-//! model built on it silently trains only its head. Ours is differentiable end to end ([`ops`]).
+//! model built on it silently trains only its head. Ours is differentiable end to end, on custom ops with
+//! hand-written backward passes, one interface on every device ([`ops`]). Loading: a base model's HF directory
+//! ([`weights`], [`config`]) into a [`BaseModel`] (weights, tokenizer, device, dtype), fine-tuned checkpoints
+//! ([`checkpoint`]); writing fine-tuned models back as HF directories ([`export`]). On top: the [`encoder`], the
+//! task [`heads`] (and [`pooled_head`]: heads that read one pooled vector, evaluated on the host), batched
+//! inference ([`predict`]) over [`tokenize`]d batches.
 
 pub mod checkpoint;
 pub mod config;

@@ -1,12 +1,15 @@
 //! The HTTP service (axum): one base model, many grafted tasks.
 //!
-//! Handlers parse and validate requests, tokenize off the model thread, and talk to the [`Engine`] over its
-//! queue; they never touch tensors. Localization jobs run on their own threads with their own model copy.
-//! Errors become status codes in one place ([`error`]); every route is in the OpenAPI document ([`openapi`]),
-//! which also says who may call it ([`auth`]). Connections are served by [`listen`] (header-read timeout,
-//! connection cap, shutdown deadline). State lives in a store that several replicas may share (a directory, or
-//! S3-compatible object storage); tasks are loaded from it on demand ([`registry`]), and the [`sync`] thread
-//! keeps this replica in step with the others.
+//! Handlers parse and validate requests, tokenize off the model thread, and send every forward pass of a served
+//! task to the [`Engine`] over its queue; the engine owns its own copy of the weights (on the serving device, in
+//! the serving dtype). Beside it, [`AppState::base`] holds the base model once more, in f32 and never modified:
+//! handlers read it to check and load uploaded checkpoints ([`api::checkpoints`]), to size the regions behind
+//! overlap, composition and placement, and to describe the model; localization jobs ([`jobs`]) fine-tune their
+//! own working copy from it, each on its own compute pool. Errors become status codes in one place ([`error`]);
+//! every route is in the OpenAPI document ([`openapi`]), which also says who may call it ([`auth`]). Connections
+//! are served by [`listen`] (header-read timeout, connection cap, shutdown deadline). State lives in a store that
+//! several replicas may share (a directory, or S3-compatible object storage); tasks are loaded from it on demand
+//! ([`registry`]), and the [`sync`] thread keeps this replica in step with the others.
 
 pub mod api;
 pub mod archive;

@@ -1,7 +1,6 @@
 //! Values by key: the storage interface every kind of persisted state goes through — tasks, job records,
-//! checkpoints, change records, replica heartbeats, and whatever is added later (data sets) — with two
-//! backends: a local directory ([`DirStore`]) and S3-compatible object storage
-//! ([`S3Store`](super::object::S3Store)).
+//! checkpoints, uploaded data sets, change records, replica heartbeats — with two backends: a local directory
+//! ([`DirStore`], here) and S3-compatible object storage ([`S3Store`](super::object::S3Store)).
 //!
 //! A key is a relative path `kind/name[/…]` ([`valid_key`]). A value is written whole and read whole; no
 //! reader ever sees half of one. Every value carries a [`Version`] that changes with each write (the ETag on

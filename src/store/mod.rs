@@ -1,6 +1,13 @@
-//! Persistence. Everything skillgraft writes goes through [`atomic_write`]: a temporary file in the target
-//! directory, fsync, rename over the target, fsync of the directory — so a crash never leaves a half-written
-//! file under the final name.
+//! Persistence: the service's state in a store that several replicas may share ([`service`]), through one
+//! interface of whole values by key ([`blob::Store`]) with two backends, a local directory ([`blob::DirStore`])
+//! and S3-compatible object storage ([`object`]); the change [`journal`], replica heartbeats ([`replicas`]) and
+//! a byte-bounded cache of loaded values ([`cache`]).
+//!
+//! Here too: [`atomic_write`] and [`atomic_dir`], which write a local file or directory whole (graft files,
+//! exported checkpoints, study reports, the S3 backend's local checkpoint cache): a temporary name beside the
+//! target, fsync, rename over the target, fsync of the directory, so a crash never leaves a half-written file
+//! under the final name (the directory backend does the same with its own temporaries, see [`blob::DirStore`]);
+//! and [`safetensors_bytes`], the safetensors encoding of grafts and exported weights.
 
 pub mod blob;
 pub mod cache;

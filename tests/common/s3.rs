@@ -1,5 +1,5 @@
 //! A real S3 server for the tests: moto's server mode (PyPI `moto[server]`, installed once into a cached venv by
-//! scripts/fleet-tools.sh), started on a free loopback port and stopped when dropped. Not a mock of our own:
+//! tests/fleet/tools.sh), started on a free loopback port and stopped when dropped. Not a mock of our own:
 //! the same HTTP API, signatures, ETags and conditional writes (`If-None-Match`, `If-Match`) as S3.
 
 use std::io::{Read, Write};
@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 /// The venv with the fleet tools (moto, kubernetes-validate); installing it is part of the test.
 pub fn fleet_venv() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new(root.join("scripts/fleet-tools.sh"))
+    let out = Command::new(root.join("tests/fleet/tools.sh"))
         .output()
-        .expect("run scripts/fleet-tools.sh");
+        .expect("run tests/fleet/tools.sh");
     assert!(
         out.status.success(),
         "installing the fleet tools failed:\n{}",
@@ -23,7 +23,7 @@ pub fn fleet_venv() -> PathBuf {
     text.lines()
         .find_map(|l| l.strip_prefix("venv="))
         .map(PathBuf::from)
-        .unwrap_or_else(|| panic!("scripts/fleet-tools.sh printed no venv: {text}"))
+        .unwrap_or_else(|| panic!("tests/fleet/tools.sh printed no venv: {text}"))
 }
 
 /// A running moto S3 server with one bucket.

@@ -5,11 +5,13 @@
 //!   Each is a custom op with a CPU implementation ([`cpu`]: loops over contiguous rows) and, with the `cuda`
 //!   feature, a CUDA one (`cuda.rs` + `kernels.cu`: one warp per row), forward and backward.
 //! - Dense layers ([`linear`], with fused inference variants [`linear_gelu`] and [`linear_residual`]) and
-//!   multi-head [`attention`]: on the CPU custom ops over BLIS or the `gemm` crate ([`gemm`]) and, for the
-//!   dense forward product, an AVX2 kernel that reads the weights unpacked (`xwt.rs`), with hand-written
-//!   backward passes; elsewhere candle's matmul and broadcast ops.
+//!   multi-head [`attention`]: on the CPU in f32 and f64, custom ops over BLIS or the `gemm` crate ([`gemm`])
+//!   and, for the dense forward product in f32, our own kernel that reads the weights unpacked (`xwt.rs`:
+//!   AVX-512 where the CPU has it, else AVX2 with FMA), with hand-written backward passes; elsewhere (a GPU,
+//!   bf16, f16) candle's matmul and broadcast ops.
 //! - Sparse per-row corrections for batches that mix tasks ([`sparse`]).
 //! - The heap policy for activation buffers ([`heap`]).
+//! - A self-check of all of these on a device against the CPU in f64 ([`check`], `skillgraft selfcheck`).
 //! - In-place access to weights: [`scatter_set`] (device-side, for grafts written into the weights),
 //!   [`write_f32`] / [`with_f32_slice`] (host-side views, copied through the host on a GPU).
 //!

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Reliability campaign against the release binary (Python standard library only; loopback only).
 
-    python3 scripts/reliability.py --bin BIN --model DIR --graft GOOD.graft [--ckpt FINETUNED_DIR] [--only CLASS,...]
+    python3 scripts/measure/reliability.py --bin BIN --model DIR --graft GOOD.graft [--ckpt FINETUNED_DIR] [--only CLASS,...]
 
 Each class prints one JSON line: {"class", "cases", "clean_4xx", "5xx", "crash_or_hang", "data_lost", ...}.
 Classes: graft_mutation, checkpoint_mutation, request_bodies, same_name_writes, kill9, overload.

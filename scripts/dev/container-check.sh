@@ -2,7 +2,7 @@
 # Builds the CPU container image (docker/Dockerfile) and checks it end to end, on a machine with no Docker
 # engine: Debian's podman with runc. About 10-15 minutes the first time on 2 cores (not a CI job).
 #
-# Usage: scripts/container-check.sh [--keep] [--skip-build] [--bases-only]
+# Usage: scripts/dev/container-check.sh [--keep] [--skip-build] [--bases-only]
 #
 # 1. Stand-ins for the base images the Dockerfile names (debian:bookworm-slim, rust:1.95-bookworm), made once
 #    with `debootstrap --variant=minbase bookworm` + `podman import` and cached in podman's store: no registry
@@ -16,7 +16,7 @@
 # 4. Starts it once more on a root-owned bind mount and expects a clear start-up error.
 # Prints a summary and writes it to target/container-check.json.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 keep=0 skip_build=0 bases_only=0
 for a in "$@"; do
   case "$a" in

@@ -2,7 +2,7 @@
 # The device check: one prepared command that measures skillgraft on a GPU machine and writes a Markdown + JSON
 # report (gpu-report.md, gpu-report.json) and every log (gpu-logs.tar.gz) to the output directory.
 #
-#   scripts/gpu-check.sh [--device cuda|cpu] [--bin BIN] [--assets DIR] [--out DIR] [--quick]
+#   scripts/measure/gpu-check.sh [--device cuda|cpu] [--bin BIN] [--assets DIR] [--out DIR] [--quick]
 #
 # Steps (each with its own time limit; a failing step is reported and the others still run):
 #   env        nvidia-smi, the binary's libraries
@@ -19,11 +19,11 @@
 #   serve      `skillgraft bench-serve`: the HTTP service with 1, 100 and 1,000 tasks
 #   job        fine-tune SST-2 (K=16) and localize its graft (paper's method, 10 epochs) on the device
 #
-# Assets (prepared on the build machine by scripts/prepare-gpu-check.sh): BIN or DIR/skillgraft.xz (the CUDA
+# Assets (prepared on the build machine by scripts/measure/prepare-gpu-check.sh): BIN or DIR/skillgraft.xz (the CUDA
 # build), DIR/tokenizer.json, DIR/data/stsa.binary.{train,dev,test}. On a machine without a GPU, `--device cpu
 # --bin target/release/skillgraft --quick` runs the same script end to end (with smaller shapes).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 device=cuda
 bin=""
 assets=.gpu
@@ -97,7 +97,7 @@ step() {
 step env 30 bash -c "nvidia-smi > '$work/nvidia-smi.txt' 2>&1 || echo 'no nvidia-smi' > '$work/nvidia-smi.txt';
   cat '$work/nvidia-smi.txt'; ldd '$bin'; '$bin' --version; '$py' -c 'import torch, transformers; print(torch.__version__, transformers.__version__, torch.cuda.is_available())'"
 for size in $sizes; do
-  step "model-$size" 120 "$py" scripts/gpu_check.py make-model --size "$size" --tokenizer "$assets/tokenizer.json" --out "$work/$size"
+  step "model-$size" 120 "$py" scripts/measure/gpu-check.py make-model --size "$size" --tokenizer "$assets/tokenizer.json" --out "$work/$size"
 done
 minilm="$work/minilm"
 step selfcheck 120 bash -c "'$bin' selfcheck --device $device --model '$minilm' --json > '$work/selfcheck.json'"
@@ -107,7 +107,7 @@ for size in $sizes; do
       --out '$work/emb-$size.npy' --hidden '$work/hidden-$size.npy' --ids '$work/ids-$size.json' &&
     '$bin' embed --device $device --dtype bf16 --model '$work/$size' --texts '$work/texts.txt' \
       --out '$work/emb16-$size.npy' --hidden '$work/hidden16-$size.npy'"
-  step "parity-$size" 180 "$py" scripts/gpu_check.py parity --device "$device" --model "$work/$size" \
+  step "parity-$size" 180 "$py" scripts/measure/gpu-check.py parity --device "$device" --model "$work/$size" \
     --ids "$work/ids-$size.json" --ours-hidden "$work/hidden-$size.npy" --ours-hidden-bf16 "$work/hidden16-$size.npy" \
     --out "$work/parity-$size.json"
 done
@@ -118,7 +118,7 @@ for size in $sizes; do
     step "bench-$size-$dt" 180 bash -c "'$bin' bench --device $device --dtype $dt --model '$work/$size' --forward-only \
       --shapes $shapes --engine-tasks '$et' --min-seconds $secs --json > '$work/bench-$size-$dt.json'"
   done
-  step "torch-$size" 240 "$py" scripts/gpu_check.py torch-bench --device "$device" --model "$work/$size" \
+  step "torch-$size" 240 "$py" scripts/measure/gpu-check.py torch-bench --device "$device" --model "$work/$size" \
     --shapes "$shapes" --min-seconds "$secs" --out "$work/torch-$size.json"
 done
 step serve 300 bash -c "'$bin' bench-serve --device $device --model '$minilm' --tasks $serve_tasks --seconds 8 \
@@ -153,7 +153,7 @@ rows = list(csv.DictReader(open(f"{w}/steps.tsv"), delimiter="\t"))
 json.dump({"steps": [{"name": r["name"], "status": r["status"], "seconds": float(r["seconds"])} for r in rows]},
           open(f"{w}/steps.json", "w"))
 PY
-"$py" scripts/gpu_check.py report --dir "$work" --out-md "$out/gpu-report.md" --out-json "$out/gpu-report.json" > /dev/null
+"$py" scripts/measure/gpu-check.py report --dir "$work" --out-md "$out/gpu-report.md" --out-json "$out/gpu-report.json" > /dev/null
 cp "$work"/*.json "$logs/" 2>/dev/null
 tar -czf "$out/gpu-logs.tar.gz" -C "$work" logs
 echo "report: $out/gpu-report.md"

@@ -2,13 +2,13 @@
 # Coverage-guided fuzzing on the stable toolchain: libFuzzer (libfuzzer-sys) with SanitizerCoverage added by
 # fuzz/instrument.sh to the crates under test. Targets (fuzz/fuzz_targets): graft, checkpoint, requests.
 #
-#   scripts/fuzz.sh [all|TARGET...] [--seconds N]     default: all targets, 20 s each (what CI runs)
+#   scripts/dev/fuzz.sh [all|TARGET...] [--seconds N]     default: all targets, 20 s each (what CI runs)
 #
 # Corpora persist under ~/.cache/skillgraft/fuzz/<target>/corpus (seeded by each target itself); a crash
 # leaves its input in ~/.cache/skillgraft/fuzz/<target>/ and fails the run. Each run appends
 # "date target seconds executions" to ~/.cache/skillgraft/fuzz/executions.tsv and prints the executions.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 seconds=20
 targets=()
 while [ $# -gt 0 ]; do

@@ -6,7 +6,7 @@
 #              typescript), cached the same way
 # Used by tests/contract.rs; safe to run concurrently (flock).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 cache="${SKILLGRAFT_HOME:-$HOME/.cache/skillgraft}"
 mkdir -p "$cache"
 exec 9>"$cache/contract-tools.lock"

@@ -2,9 +2,9 @@
 # Installs the browser test's npm packages (playwright-core, axe-core; pinned by tests/ui/package-lock.json)
 # into the cache, outside the checkout, and prints the node_modules directory. playwright-core never downloads
 # a browser: the test drives Debian's chromium (`apt-get install chromium`).
-# Usage: scripts/ui-deps.sh   (cache: $SKILLGRAFT_HOME/node/ui-<lock hash>)
+# Usage: tests/ui/tools.sh   (cache: $SKILLGRAFT_HOME/node/ui-<lock hash>)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 home="${SKILLGRAFT_HOME:-$HOME/.cache/skillgraft}"
 lock=tests/ui/package-lock.json
 hash="$(sha256sum "$lock" | cut -c1-16)"

@@ -5,7 +5,7 @@ Uploads fine-tuned checkpoints, runs a localization job for each (following its 
 events), then predicts with the grafted tasks, shows calibration, the overlap of the two grafts, and a
 composition of both.
 
-    python3 scripts/demo_client.py --url http://127.0.0.1:8080 sst2=DIR subj=DIR
+    python3 scripts/demo-client.py --url http://127.0.0.1:8080 sst2=DIR subj=DIR
 """
 import argparse
 import io

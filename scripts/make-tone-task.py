@@ -3,9 +3,9 @@
 objective sentences of Subj ("fact"), positive and negative movie-review snippets of MR ("praise",
 "complaint"); every 8th line of each source, string labels, a `split` column (every 5th row is test).
 The end-to-end test builds the same file in Rust (tests/newcomer.rs); this copy is for trying the
-newcomer flow by hand and for making PyTorch checkpoints with scripts/torch_finetune.py.
+newcomer flow by hand and for making PyTorch checkpoints with scripts/torch-finetune.py.
 
-    python3 scripts/make_tone_task.py ../shared/data /tmp/tone/tone.csv
+    python3 scripts/make-tone-task.py ../shared/data /tmp/tone/tone.csv
 """
 import csv
 import sys

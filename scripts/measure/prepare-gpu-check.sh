@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Prepares the assets scripts/gpu-check.sh needs on a GPU machine that has no Rust toolchain and no internet,
+# Prepares the assets scripts/measure/gpu-check.sh needs on a GPU machine that has no Rust toolchain and no internet,
 # in .gpu/ (ignored by git): the CUDA build (stripped, xz-compressed), the default model's tokenizer.json, and
 # the SST-2 files. Builds with scripts/build-cuda.sh first. Prints the size that will travel.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 scripts/build-cuda.sh build
 target="${CARGO_TARGET_DIR:-$HOME/.cache/skillgraft-target-cuda}"
 scripts/fetch-model.sh

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Fine-tunes the base model with PyTorch + transformers on a CSV task, the way a user would elsewhere, and
 saves the checkpoint with `save_pretrained` (no skillgraft files): the reference for "a checkpoint made
-with PyTorch" in the README. Needs torch and transformers (not used by CI, which builds its checkpoints with
-tests/fixtures/hf_checkpoint.py from safetensors + numpy).
+with PyTorch" in docs/tasks.md. Needs torch and transformers (not used by CI, whose tests make their checkpoints
+themselves, with the CLI or in transformers' own layouts: tests/common/checkpoint.rs, tests/newcomer.rs).
 
-    python scripts/torch_finetune.py --csv tone.csv --text sentence --label tone --head seqcls --out ckpt-seqcls
-    python scripts/torch_finetune.py --csv tone.csv --text sentence --label tone --head prototype \
+    python scripts/torch-finetune.py --csv tone.csv --text sentence --label tone --head seqcls --out ckpt-seqcls
+    python scripts/torch-finetune.py --csv tone.csv --text sentence --label tone --head prototype \
         --descriptions "It is a fact." "It is praise." "It is a complaint." --out ckpt-proto
 
 --head seqcls: BertForSequenceClassification (pooler + linear), id2label from the CSV's label values (sorted).

@@ -4,7 +4,7 @@
 #              under ~/.cache/skillgraft by the hash of that file
 # Used by tests/fleet.rs and tests/packaging.rs; safe to run concurrently (flock).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 cache="${SKILLGRAFT_HOME:-$HOME/.cache/skillgraft}"
 mkdir -p "$cache"
 exec 9>"$cache/fleet-tools.lock"
