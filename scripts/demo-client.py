@@ -89,11 +89,14 @@ def main():
         print(f"    checkpoint {ck['id']} ({ck['bytes']:,} bytes, head {ck['head']})")
         job = call(f"{base}/v1/localizations", "POST", {
             "checkpoint": ck["id"], "task_name": task, "task": task, "k": 16, "seed": 42,
-            "max_test": a.max_test, "method": "paper", "sparsity": 1e-4, "epochs": 10}, key=key)
+            "max_test": a.max_test, "method": "paper", "epochs": 10,
+            # The size is searched: the smallest graft keeping 95% of the fine-tuning gain on dev.
+            "budget": {"retain": 0.95, "ceiling": 0.1}, "register_anyway": True}, key=key)
         print(f"== {task}: localization job {job['id']}")
         final = follow(base, job["id"], key)
-        if final["state"] != "succeeded":
+        if final["state"] not in ("succeeded", "not_localized"):
             sys.exit(f"job ended {final['state']}: {final.get('error')}")
+        print(f"   {final['state']}: {final['retention']['summary']}")
         tasks.append(task)
 
     print("== registered tasks")

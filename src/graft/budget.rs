@@ -523,7 +523,7 @@ fn explain(r: &mut Retention, method: Method) {
                 );
             }
             advice.push(
-                "fine-tune with an L1 penalty on θ − θ_pre (`skillgraft finetune --l1`, or scripts/l1_trainer.py for transformers): AdamW then moves only the weights the task needs".into(),
+                "fine-tune with an L1 penalty on θ − θ_pre (`skillgraft finetune --l1`, or scripts/l1-trainer.py for transformers): AdamW then moves only the weights the task needs".into(),
             );
             r.advice = advice;
         }

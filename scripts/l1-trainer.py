@@ -8,7 +8,7 @@ few parameters. `L1Trainer` is a drop-in `transformers.Trainer` subclass; run th
 complete SST-2-style example on a CSV/TSV with `sentence,label` columns.
 
     pip install torch transformers
-    python scripts/l1_trainer.py --model PATH_TO_all-MiniLM-L6-v2 --train train.tsv --out ckpt --l1 1e-4
+    python scripts/l1-trainer.py --model PATH_TO_all-MiniLM-L6-v2 --train train.tsv --out ckpt --l1 1e-4
     skillgraft localize --finetuned ckpt --task sst2      # the budget search reports what a graft keeps
 
 The head (classifier, pooler) is not penalized: it is the task's own and always comes with the graft.
