@@ -166,7 +166,16 @@ pub struct Retention {
     pub summary: String,
     /// What would work instead (empty when retained).
     pub advice: Vec<String>,
+    /// Dev examples the measure was taken on.
+    #[serde(default)]
+    pub dev_examples: usize,
+    /// Body values the checkpoint changed outside the region (no graft of the region can carry them).
+    #[serde(default)]
+    pub changed_outside_region: usize,
 }
+
+/// Below this many dev examples of gain, the share kept is mostly noise (one example moves it by a third).
+pub const MIN_GAIN_EXAMPLES: f64 = 3.0;
 
 impl Retention {
     /// The returned graft's point.
@@ -463,13 +472,16 @@ pub fn search(
         verdict,
         summary: String::new(),
         advice: Vec::new(),
+        dev_examples: split.dev.len(),
+        changed_outside_region: 0,
     };
     explain(&mut retention, opts.method);
     Ok((loc, retention))
 }
 
-/// Fills in the summary and the advice.
-fn explain(r: &mut Retention, method: Method) {
+/// Fills in the summary and the advice (again after `changed_outside_region` is set).
+pub fn explain(r: &mut Retention, method: Method) {
+    r.advice.clear();
     let p = r.chosen_point().clone();
     let pct = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{:.0}%", 100.0 * v));
     match r.verdict {
@@ -527,5 +539,21 @@ fn explain(r: &mut Retention, method: Method) {
             );
             r.advice = advice;
         }
+    }
+    let gain = (r.finetuned.dev_accuracy - r.base.dev_accuracy) * r.dev_examples as f64;
+    if r.verdict != Verdict::NoGain && gain < MIN_GAIN_EXAMPLES - 1e-9 {
+        r.summary.push_str(&format!(
+            "; but fine-tuning gained only {gain:.0} dev example(s) over base+head, so the share kept is mostly noise"
+        ));
+        r.advice.push(
+            "measure on a larger dev split (more examples per class, or the data's own dev split)"
+                .into(),
+        );
+    }
+    if r.changed_outside_region > 0 {
+        r.advice.push(format!(
+            "the checkpoint also changed {} values outside the region (the embeddings, when they were trained), which no graft of this region carries: include them in the region (`--include-embeddings`, `\"include_embeddings\": true`)",
+            r.changed_outside_region
+        ));
     }
 }

@@ -8,6 +8,7 @@ use super::localize::{localize, GraftableModel, Localization, LocalizeOptions};
 use super::{entries_from_mask, unix_now, BaseRef, Graft, GraftManifest, GRAFT_FORMAT};
 use crate::data::{FewShotSplit, TaskSpec};
 use crate::model::export::FinetunedModel;
+use crate::model::ops::to_f32_vec;
 use crate::model::BaseModel;
 use crate::train::Progress;
 use anyhow::Result;
@@ -60,6 +61,25 @@ pub struct LocalizationOutcome {
 }
 
 impl LocalizationJob<'_> {
+    /// Body values the checkpoint changed outside the region.
+    fn changed_outside_region(&self) -> Result<usize> {
+        let mut n = 0;
+        for (name, ft) in &self.finetuned.model.weights.tensors {
+            if self.options.region.contains(name) {
+                continue;
+            }
+            let Some(pre) = self.base.model.weights.tensors.get(name) else {
+                continue;
+            };
+            if pre.dims() != ft.dims() {
+                continue;
+            }
+            let (a, b) = (to_f32_vec(pre)?, to_f32_vec(ft)?);
+            n += a.iter().zip(&b).filter(|(x, y)| x != y).count();
+        }
+        Ok(n)
+    }
+
     /// Runs the job.
     pub fn run(&self, progress: &mut dyn FnMut(Progress)) -> Result<LocalizationOutcome> {
         let t0 = Instant::now();
@@ -97,8 +117,10 @@ impl LocalizationJob<'_> {
                     bins: self.bins,
                     body_parameters: parameters,
                 };
-                let (loc, r) =
+                let (loc, mut r) =
                     search(&model, &self.split, eval_set, &self.options, spec, progress)?;
+                r.changed_outside_region = self.changed_outside_region()?;
+                super::budget::explain(&mut r, self.options.method);
                 progress(Progress::Message {
                     text: r.summary.clone(),
                 });

@@ -157,6 +157,9 @@ pub struct LocalizationRequest {
     /// Register the task even when no graft keeps the target (the job still ends `not_localized`).
     #[serde(default)]
     pub register_anyway: bool,
+    /// Let the graft include the embeddings (a checkpoint that trained them needs it to keep its gain).
+    #[serde(default)]
+    pub include_embeddings: bool,
     /// Mask-optimization epochs.
     #[serde(default = "default_epochs")]
     #[schema(maximum = 1000)]
@@ -752,7 +755,10 @@ fn run_job(state: &Arc<AppState>, entry: &JobEntry) {
                     epochs: request.epochs,
                     lr: request.lr,
                     seed: request.mask_seed,
-                    region: RegionSpec::default(),
+                    region: RegionSpec {
+                        include_embeddings: request.include_embeddings,
+                        ..RegionSpec::default()
+                    },
                     allow_growth: request.allow_growth,
                     calibration: request.calibration.unwrap_or_default(),
                     ..Default::default()
