@@ -3,6 +3,7 @@
 //! of the whole model, placed in the encoder layers so that they share passes, against the base model served
 //! by the same engine with an empty graft).
 
+use super::bench_http::own_cpu_seconds;
 use super::table::Table;
 use crate::engine::{Engine, EngineConfig, ServedTask};
 use crate::graft::synthetic::SyntheticTasks;
@@ -88,8 +89,8 @@ impl<'t> Bench<'t> {
     }
 
     /// Runs the next batch (row r of batch b to task (b·rows + r) mod tasks, one request per task) and
-    /// returns its seconds.
-    fn batch(&mut self) -> Result<f64> {
+    /// returns its wall seconds and the CPU seconds the process spent meanwhile.
+    fn batch(&mut self) -> Result<(f64, f64)> {
         let tasks = self.served.len();
         let offset = self.next * self.rows;
         self.next += 1;
@@ -101,7 +102,7 @@ impl<'t> Bench<'t> {
                 None => requests.push((t.clone(), vec![r])),
             }
         }
-        let t0 = Instant::now();
+        let (t0, c0) = (Instant::now(), own_cpu_seconds());
         let futures = requests.into_iter().map(|(t, rs)| {
             let picked: Vec<(&EncodedBatch, usize)> =
                 rs.iter().map(|&r| (self.tokens, r)).collect();
@@ -110,7 +111,7 @@ impl<'t> Bench<'t> {
         for r in futures::executor::block_on(futures::future::join_all(futures)) {
             r?;
         }
-        Ok(t0.elapsed().as_secs_f64())
+        Ok((t0.elapsed().as_secs_f64(), own_cpu_seconds() - c0))
     }
 
     /// Resident bytes (packs and heads) and tasks held by the engine's cache.
@@ -123,25 +124,30 @@ impl<'t> Bench<'t> {
     }
 }
 
-/// Median seconds per batch of each bench, their batches interleaved (one of each in turn, at least 5 each
-/// and `min_seconds` in all), so that a machine slowing down or speeding up moves all of them alike.
-fn interleaved(benches: &mut [&mut Bench<'_>], min_seconds: f64) -> Result<Vec<f64>> {
-    let mut times: Vec<Vec<f64>> = vec![Vec::new(); benches.len()];
+/// Median wall and CPU seconds per batch of each bench, their batches interleaved (one of each in turn, at
+/// least 5 each and `min_seconds` in all), so that a machine slowing down or speeding up moves all of them
+/// alike. CPU seconds are the whole process's (every compute thread): on a machine shared with other work
+/// they move far less than wall time.
+fn interleaved(benches: &mut [&mut Bench<'_>], min_seconds: f64) -> Result<Vec<(f64, f64)>> {
+    let mut times: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); benches.len()];
     let start = Instant::now();
-    while times[0].len() < 5 || start.elapsed().as_secs_f64() < min_seconds {
+    while times[0].0.len() < 5 || start.elapsed().as_secs_f64() < min_seconds {
         for (b, t) in benches.iter_mut().zip(times.iter_mut()) {
-            t.push(b.batch()?);
+            let (wall, cpu) = b.batch()?;
+            t.0.push(wall);
+            t.1.push(cpu);
         }
-        if times[0].len() >= 200 {
+        if times[0].0.len() >= 200 {
             break;
         }
     }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
     Ok(times
         .into_iter()
-        .map(|mut t| {
-            t.sort_by(f64::total_cmp);
-            t[t.len() / 2]
-        })
+        .map(|(w, c)| (median(w), median(c)))
         .collect())
 }
 
@@ -156,13 +162,14 @@ fn time_engine(
 ) -> Result<f64> {
     let tokens = random_batch(rows, seq, 7);
     let mut b = Bench::new(base, served.to_vec(), &tokens, max_resident_bytes)?;
-    Ok(interleaved(&mut [&mut b], min_seconds)?[0])
+    Ok(interleaved(&mut [&mut b], min_seconds)?[0].0)
 }
 
 /// The graft-size table: for each share of the whole model (`fractions`, e.g. 1e-2 = 1%) and each number of
 /// tasks, the engine's throughput on `rows` × `seq`-token batches against the base model's (the same engine
 /// serving one task with an empty graft: the same heads and scheduling, no correction; its batches
-/// interleaved with each row's own and its median shown beside it), and the memory each task holds. Grafts are synthetic, spread uniformly over the encoder layers (so every task shares
+/// interleaved with each row's own and its median shown beside it; wall time and the process's CPU time),
+/// and the memory each task holds. Grafts are synthetic, spread uniformly over the encoder layers (so every task shares
 /// passes with the others); a share of the model above the encoder layers' own share is refused.
 pub fn graft_size_table(
     base: &BaseModel,
@@ -184,8 +191,11 @@ pub fn graft_size_table(
         "tasks",
         "ms/batch",
         "sentences/s",
-        "base ms/batch (same sitting)",
+        "base ms/batch",
         "vs base",
+        "CPU ms/batch",
+        "base CPU ms/batch",
+        "vs base (CPU)",
         "graft file/task",
         "resident/task",
         "resident/graft",
@@ -203,7 +213,7 @@ pub fn graft_size_table(
             let file_bytes = served[0].graft.to_bytes()?.len();
             let mut bench = Bench::new(base, served, &tokens, usize::MAX)?;
             let m = interleaved(&mut [&mut base_bench, &mut bench], min_seconds)?;
-            let (base_s, s) = (m[0], m[1]);
+            let ((base_s, base_c), (s, c)) = (m[0], m[1]);
             let (bytes, held) = bench.resident();
             let per_task = bytes / held.max(1);
             t.row(vec![
@@ -215,6 +225,9 @@ pub fn graft_size_table(
                 format!("{:.1}", rows as f64 / s),
                 format!("{:.1}", base_s * 1e3),
                 format!("{:.3}", base_s / s),
+                format!("{:.1}", c * 1e3),
+                format!("{:.1}", base_c * 1e3),
+                format!("{:.3}", base_c / c),
                 mib(file_bytes),
                 mib(per_task),
                 format!("{:.3}", per_task as f64 / file_bytes as f64),

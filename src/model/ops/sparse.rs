@@ -16,8 +16,9 @@
 //! per (task, site), chosen when the task is packed from the site's density alone:
 //!
 //! - *sparse*: tiles of up to 32 rows of one task, the tile's inputs transposed so that each entry is one
-//!   vector fused multiply-add over the tile's rows (the cost grows with the entries, ≈ 1.5 ns per entry and
-//!   tile of 32 rows on the machine of `docs/large-grafts.md`);
+//!   vector fused multiply-add over the tile's rows (the cost grows with the entries; per row and touched
+//!   site there is also a fixed cost of transposing its used input columns and adding back its touched
+//!   outputs);
 //! - *dense delta*: a dense layer whose weight delta covers at least [`DENSE_SITE_DENSITY`] of the weight is
 //!   scattered into a scratch ΔW shared by all tasks (zeroed again after), and that task's rows get
 //!   `x ΔWᵀ + Δb` through the same unpacked-weights `x·Wᵀ` kernel as the base product (`xwt.rs`).
@@ -40,14 +41,18 @@ mod host;
 const TILE_ROWS: usize = 16;
 
 /// A dense layer whose weight delta covers at least this share of its weight is corrected on the CPU by the
-/// dense-delta path (f32 models only; see the module doc).
+/// dense-delta path (f32 models only; see the module doc). The choice depends on the task's density at the
+/// site alone, never on the rows of a batch.
 ///
-/// Measured with `skillgraft bench --forward-only --correction-crossover` (`src/cli/engine_bench.rs`):
-/// the time of one layer's correction of 32 and 512 rows of one task by each path, for the encoder's three
-/// dense shapes (384×384, 1536×384, 384×1536) at densities from 5% to 100% (random uniform entries,
-/// interleaved, median of repeats). On the 2-core Intel Xeon with AVX-512 of `docs/large-grafts.md` the
-/// sparse path costs as much as the dense delta at about DENSITY_MEASURED of the weight (table and command
-/// in that file): below it the sparse path is faster, above it the dense delta is.
+/// Measured with `skillgraft bench --threads 2 --correction-crossover` (`src/cli/engine_bench.rs`): one
+/// layer's correction of 32 and of 512 rows of one task by each path, for the encoder's three dense shapes
+/// (384 → 384, 384 → 1536, 1536 → 384), at densities from 5% to 100% of the weight (random entries; the
+/// two paths interleaved, the fastest of 15 runs each). On the 2-core Intel Xeon with AVX-512 of
+/// `docs/large-grafts.md` (shared with other work), at 512 rows the two paths cost the same at 67%, 62% and
+/// 32% of the weight (an earlier sitting on the code before its last sparse-path change: 50%, 59%, 34%);
+/// at 32 rows the sparse path is faster at every density (the dense delta's product then reads the whole
+/// ΔW for few rows: 1.3–1.6× the sparse path's time at 100%). 0.5 is the middle of the large-batch
+/// crossovers; a site between 32% and 67% pays at most about 1.3× the cheaper path's correction.
 pub const DENSE_SITE_DENSITY: f64 = 0.5;
 
 /// What a site is, for packing its deltas.
