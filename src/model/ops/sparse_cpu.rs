@@ -350,12 +350,11 @@ fn norm_tile<T: Copy>(
     for (k, yr) in tile.ys.chunks_exact_mut(out_dim).enumerate() {
         let xr = &x[(tile.r0 + k) * in_dim..(tile.r0 + k + 1) * in_dim];
         let n = in_dim as f32;
-        let mean = xr.iter().map(|&v| to(v)).sum::<f32>() / n;
-        let var = xr
-            .iter()
-            .map(|&v| (to(v) - mean) * (to(v) - mean))
-            .sum::<f32>()
-            / n;
+        let mean = lane_sum(xr, |v| to(v)) / n;
+        let var = lane_sum(xr, |v| {
+            let d = to(v) - mean;
+            d * d
+        }) / n;
         let rstd = 1.0 / (var + eps as f32).sqrt();
         for (s, &j) in site.outs.iter().enumerate() {
             let j = j as usize;
@@ -372,6 +371,24 @@ fn norm_tile<T: Copy>(
             yr[j] = from(to(yr[j]) + acc);
         }
     }
+}
+
+/// `Σ f(v)` over a row in 16 interleaved partial sums, added up in a fixed order at the end: one
+/// dependent add per 16 values instead of per value, and the same result for a row wherever it is.
+#[inline(always)]
+fn lane_sum<T: Copy>(xr: &[T], f: impl Fn(T) -> f32) -> f32 {
+    let mut acc = [0f32; 16];
+    let chunks = xr.chunks_exact(16);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += f(v);
+        }
+    }
+    for (a, &v) in acc.iter_mut().zip(rest) {
+        *a += f(v);
+    }
+    acc.iter().sum()
 }
 
 /// The dense-delta path for one task's rows `x` (n × in) and outputs `y` (n × out) at one site.
