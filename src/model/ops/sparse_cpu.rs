@@ -350,7 +350,7 @@ fn norm_tile<T: Copy>(
     for (k, yr) in tile.ys.chunks_exact_mut(out_dim).enumerate() {
         let xr = &x[(tile.r0 + k) * in_dim..(tile.r0 + k + 1) * in_dim];
         let n = in_dim as f32;
-        let mean = lane_sum(xr, |v| to(v)) / n;
+        let mean = lane_sum(xr, to) / n;
         let var = lane_sum(xr, |v| {
             let d = to(v) - mean;
             d * d
