@@ -51,7 +51,7 @@ const TILE_ROWS: usize = 16;
 /// `docs/large-grafts.md` (shared with other work), at 512 rows the two paths cost the same at 67%, 62% and
 /// 32% of the weight (an earlier sitting on the code before its last sparse-path change: 50%, 59%, 34%);
 /// at 32 rows the sparse path is faster at every density (the dense delta's product then reads the whole
-/// ΔW for few rows: 1.3–1.6× the sparse path's time at 100%). 0.5 is the middle of the large-batch
+/// ΔW for few rows: 1.24–1.42× the sparse path's time at 100%). 0.5 is the middle of the large-batch
 /// crossovers; a site between 32% and 67% pays at most about 1.3× the cheaper path's correction.
 pub const DENSE_SITE_DENSITY: f64 = 0.5;
 
