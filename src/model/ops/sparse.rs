@@ -53,7 +53,7 @@ const TILE_ROWS: usize = 16;
 /// at 32 rows the sparse path is faster at every density (the dense delta's product then reads the whole
 /// ΔW for few rows: 1.24–1.42× the sparse path's time at 100%). 0.5 is the middle of the large-batch
 /// crossovers; at 512 rows a site between 32% and 67% pays at most about 1.3× the cheaper path's
-/// correction (at 32 rows a site at or above 0.5 pays up to about 1.7× on the dense delta).
+/// correction (at 32 rows a site at or above 0.5 pays up to 1.8× on the dense delta).
 pub const DENSE_SITE_DENSITY: f64 = 0.5;
 
 /// What a site is, for packing its deltas.
