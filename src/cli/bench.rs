@@ -2,7 +2,9 @@
 //! localization job (SST-2 K=16 train/dev, 64 test sentences, a synthetic fine-tune), as one table
 //! (optionally beside PyTorch's times measured in the same sitting).
 
-use super::engine_bench::{engine_batch_seconds, random_batch};
+use super::engine_bench::{
+    correction_crossover, engine_batch_seconds, graft_size_table, random_batch,
+};
 use super::table::Table;
 use super::{print_json, ModelArgs};
 use crate::data;
@@ -46,6 +48,15 @@ pub struct BenchArgs {
     /// empty for none), timed through the serving engine.
     #[arg(long, value_delimiter = ',', default_value = "")]
     engine_tasks: Vec<String>,
+    /// Graft-size table: grafts of these shares of the whole model (comma-separated, e.g.
+    /// 0.0001,0.001,0.01,0.1), each served to each of `--engine-tasks` tasks (default 1) on batches of the
+    /// largest shape, against the base model through the same engine; replaces the engine rows.
+    #[arg(long, value_delimiter = ',', default_value = "")]
+    engine_graft_sizes: Vec<String>,
+    /// Only time one layer's graft correction by the sparse and the dense-delta path on the CPU, across
+    /// densities, and print where they cost the same (what sets the dense-delta threshold).
+    #[arg(long)]
+    correction_crossover: bool,
 }
 
 /// (batch, tokens) of a shape written `BxT`.
@@ -101,6 +112,19 @@ pub(super) fn with_linear_head(base: &crate::model::BaseModel) -> Result<BTreeMa
 /// Runs the benchmark.
 pub fn run(a: BenchArgs) -> Result<()> {
     let threads = rayon::current_num_threads();
+    if a.correction_crossover {
+        let (t, cross) = correction_crossover(
+            &[(384, 384), (384, 1536), (1536, 384)],
+            &[0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.85, 1.0],
+            &[32, 512],
+            15,
+        )?;
+        println!(
+            "one layer's correction, one task, f32, {threads} thread(s), CPU kernels {:?}:\n{t}\n{cross}",
+            crate::model::ops::cpu_kernels()
+        );
+        return Ok(());
+    }
     let base = a.model.load()?;
     let cfg = &base.model.config;
     let dev = &base.device;
@@ -135,12 +159,46 @@ pub fn run(a: BenchArgs) -> Result<()> {
             ),
         ));
     }
-    if let Some(&(b, s)) = shapes.iter().max_by_key(|(b, s)| b * s) {
-        for n in a.engine_tasks.iter().filter(|n| !n.trim().is_empty()) {
-            let n: usize = n
-                .trim()
+    let engine_tasks = a
+        .engine_tasks
+        .iter()
+        .filter(|n| !n.trim().is_empty())
+        .map(|n| {
+            n.trim()
                 .parse()
-                .context("--engine-tasks: a number of tasks")?;
+                .context("--engine-tasks: a number of tasks")
+        })
+        .collect::<Result<Vec<usize>>>()?;
+    let graft_sizes = a
+        .engine_graft_sizes
+        .iter()
+        .filter(|f| !f.trim().is_empty())
+        .map(|f| {
+            f.trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|f| *f > 0.0 && *f <= 1.0)
+                .with_context(|| format!("--engine-graft-sizes: `{f}` is not a share in (0, 1]"))
+        })
+        .collect::<Result<Vec<f64>>>()?;
+    if !graft_sizes.is_empty() {
+        if a.model.json {
+            anyhow::bail!("--engine-graft-sizes prints a table: drop --json");
+        }
+        let Some(&(b, s)) = shapes.iter().max_by_key(|(b, s)| b * s) else {
+            anyhow::bail!("--engine-graft-sizes needs a shape (--shapes)");
+        };
+        let counts = if engine_tasks.is_empty() {
+            vec![1]
+        } else {
+            engine_tasks.clone()
+        };
+        let table = graft_size_table(&base, &graft_sizes, &counts, b, s, a.min_seconds)?;
+        println!(
+            "engine, batches of {b}x{s} tokens, {threads} thread(s), synthetic grafts in the encoder layers:\n{table}"
+        );
+    } else if let Some(&(b, s)) = shapes.iter().max_by_key(|(b, s)| b * s) {
+        for &n in &engine_tasks {
             let t = engine_batch_seconds(&base, n, b, s, a.min_seconds)?;
             rows.push((
                 format!("engine {b}x{s}, {n} task(s)"),

@@ -128,7 +128,7 @@ struct ServeArgs {
     #[arg(long, env = "SKILLGRAFT_MAX_UPLOAD_BYTES", default_value_t = 1 << 30)]
     max_upload_bytes: usize,
     /// Largest graft import (PUT /v1/tasks/{name}/graft), bytes.
-    #[arg(long, env = "SKILLGRAFT_MAX_GRAFT_BYTES", default_value_t = 16 << 20)]
+    #[arg(long, env = "SKILLGRAFT_MAX_GRAFT_BYTES", default_value_t = 32 << 20)]
     max_graft_bytes: usize,
     /// Largest data set upload (POST /v1/datasets), bytes.
     #[arg(long, env = "SKILLGRAFT_MAX_DATASET_BYTES", default_value_t = 64 << 20)]

@@ -54,6 +54,11 @@ impl SyntheticTasks {
         })
     }
 
+    /// Parameters in the region the grafts are drawn from.
+    pub fn region_len(&self) -> usize {
+        self.region.len()
+    }
+
     /// Graft number `i`: a random mask, each grafted value moved by up to ±0.01 (deterministic in `i`).
     pub fn graft(&self, i: usize) -> Result<Graft> {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(i as u64);

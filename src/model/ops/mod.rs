@@ -37,7 +37,12 @@ use candle_core::{
 };
 use cpu::{contiguous_slice, last_dim, Operand};
 pub use linear::{linear, linear_gelu, linear_residual};
-pub use sparse::{SiteDelta, SiteKind, SparseBatch, SparsePack};
+pub use sparse::{SiteDelta, SiteKind, SparseBatch, SparsePack, DENSE_SITE_DENSITY};
+
+/// The CPU's vector kernels for the forward product and the sparse corrections (empty: none, BLIS only).
+pub fn cpu_kernels() -> Vec<String> {
+    xwt::kernels().iter().map(|k| format!("{k:?}")).collect()
+}
 
 /// Runs `f` on the contiguous values of `t` as a host slice of `T` (zero-copy on the CPU; copied to the host
 /// from other devices).

@@ -11,15 +11,50 @@
 //! - dense `y = x Wᵀ + b`: `y[r, i] += Σ_j x[r, j] ΔW[i, j] + Δb[i]`;
 //! - LayerNorm `y = x̂ γ + β`: `y[r, j] += x̂[r, j] Δγ[j] + Δβ[j]`.
 //!
-//! One pass per touched layer covers every task of the batch, whatever their number: on the CPU as loops over
-//! row tiles, on CUDA as one kernel launch whose blocks each take one tile of one task's rows.
+//! One pass per touched layer covers every task of the batch, whatever their number: on CUDA as one kernel
+//! launch whose blocks each take one tile of one task's rows; on the CPU (`sparse_cpu.rs`) in one of two ways
+//! per (task, site), chosen when the task is packed from the site's density alone:
+//!
+//! - *sparse*: tiles of up to 32 rows of one task, the tile's inputs transposed so that each entry is one
+//!   vector fused multiply-add over the tile's rows (the cost grows with the entries; per row and touched
+//!   site there is also a fixed cost of transposing its used input columns and adding back its touched
+//!   outputs);
+//! - *dense delta*: a dense layer whose weight delta covers at least [`DENSE_SITE_DENSITY`] of the weight is
+//!   scattered into a scratch ΔW shared by all tasks (zeroed again after), and that task's rows get
+//!   `x ΔWᵀ + Δb` through the same unpacked-weights `x·Wᵀ` kernel as the base product (`xwt.rs`).
+//!
+//! Both compute each correction as one fused multiply-add chain over the layer's inputs in order (the dense
+//! path's extra terms are exact zeros), then add it to the output: a row's result never depends on its batch
+//! mates, its tile or the thread split, and the two CPU paths agree bit for bit wherever the `x·Wᵀ` kernel
+//! runs (AVX2 + FMA or AVX-512; elsewhere the dense path's product goes through BLIS and agrees within
+//! rounding). Memory per task is the pack alone (≈ 8 bytes per entry, as in the graft file); the dense path's
+//! scratch (the largest layer's ΔW, 2.25 MiB on MiniLM) is one per engine thread, not per task.
 
 use candle_core::{bail, CpuStorage, Device, InplaceOp2, Layout, Result, Tensor};
 use half::{bf16, f16};
-use rayon::prelude::*;
 
-/// Rows per tile (one CUDA block, one CPU task).
+#[path = "sparse_cpu.rs"]
+mod host;
+
+/// Rows per tile of one CUDA block.
+#[cfg(feature = "cuda")]
 const TILE_ROWS: usize = 16;
+
+/// A dense layer whose weight delta covers at least this share of its weight is corrected on the CPU by the
+/// dense-delta path (f32 models only; see the module doc). The choice depends on the task's density at the
+/// site alone, never on the rows of a batch.
+///
+/// Measured with `skillgraft bench --threads 2 --correction-crossover` (`src/cli/engine_bench.rs`): one
+/// layer's correction of 32 and of 512 rows of one task by each path, for the encoder's three dense shapes
+/// (384 → 384, 384 → 1536, 1536 → 384), at densities from 5% to 100% of the weight (random entries; the
+/// two paths interleaved, the fastest of 15 runs each). On the 2-core Intel Xeon with AVX-512 of
+/// `docs/large-grafts.md` (shared with other work), at 512 rows the two paths cost the same at 67%, 62% and
+/// 32% of the weight (an earlier sitting on the code before its last sparse-path change: 50%, 59%, 34%);
+/// at 32 rows the sparse path is faster at every density (the dense delta's product then reads the whole
+/// ΔW for few rows: 1.24–1.42× the sparse path's time at 100%). 0.5 is the middle of the large-batch
+/// crossovers; at 512 rows a site between 32% and 67% pays at most about 1.3× the cheaper path's
+/// correction (at 32 rows a site at or above 0.5 pays up to 1.8× on the dense delta).
+pub const DENSE_SITE_DENSITY: f64 = 0.5;
 
 /// What a site is, for packing its deltas.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +98,8 @@ enum PackData {
 pub struct SparsePack {
     data: PackData,
     touched: Vec<bool>,
+    /// Per site: corrected by the dense-delta path on the CPU (f32 only).
+    dense: Vec<bool>,
     bytes: usize,
 }
 
@@ -70,6 +107,7 @@ impl std::fmt::Debug for SparsePack {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SparsePack")
             .field("sites", &self.touched.iter().filter(|&&t| t).count())
+            .field("dense_sites", &self.dense.iter().filter(|&&t| t).count())
             .field("bytes", &self.bytes)
             .finish()
     }
@@ -77,9 +115,29 @@ impl std::fmt::Debug for SparsePack {
 
 impl SparsePack {
     /// Packs a task's deltas; `sites[s]` is site `s`'s kind, `deltas` the touched sites. The pack lives on
-    /// `device`.
+    /// `device`; dense sites whose delta covers [`DENSE_SITE_DENSITY`] of the weight take the dense-delta
+    /// path on the CPU.
     pub fn new(sites: &[SiteKind], deltas: &[(usize, SiteDelta)], device: &Device) -> Result<Self> {
+        Self::with_dense_threshold(sites, deltas, device, DENSE_SITE_DENSITY)
+    }
+
+    /// [`SparsePack::new`] with another density threshold for the dense-delta path (0 = every touched dense
+    /// site, above 1 = none), for tests and benchmarks.
+    pub fn with_dense_threshold(
+        sites: &[SiteKind],
+        deltas: &[(usize, SiteDelta)],
+        device: &Device,
+        threshold: f64,
+    ) -> Result<Self> {
         let (keys, vals, touched) = pack(sites, deltas)?;
+        let mut dense = vec![false; sites.len()];
+        for (s, d) in deltas {
+            if let (Some(SiteKind::Dense { in_dim, out_dim }), true) =
+                (sites.get(*s), touched.get(*s).copied().unwrap_or(false))
+            {
+                dense[*s] = d.weight.len() as f64 >= threshold * (in_dim * out_dim) as f64;
+            }
+        }
         let bytes = keys.len() * 4 + vals.len() * 4;
         let data = match device {
             Device::Cpu => PackData::Cpu { keys, vals },
@@ -94,6 +152,7 @@ impl SparsePack {
         Ok(Self {
             data,
             touched,
+            dense,
             bytes,
         })
     }
@@ -120,6 +179,11 @@ impl SparsePack {
     /// Whether the pack changes site `s`.
     pub fn touches(&self, s: usize) -> bool {
         self.touched.get(s).copied().unwrap_or(false)
+    }
+
+    /// Whether site `s` is corrected by the dense-delta path on the CPU (for f32 models).
+    pub fn dense_on_cpu(&self, s: usize) -> bool {
+        self.dense.get(s).copied().unwrap_or(false)
     }
 }
 
@@ -317,31 +381,39 @@ impl InplaceOp2 for SparseOp<'_, '_> {
             _ => bail!("sparse corrections: tensors must be contiguous"),
         };
         let (in_dim, out_dim) = (last(xl)?, last(yl)?);
+        let (batch, site, eps) = (self.batch, self.site, self.norm_eps);
+        let dims = (in_dim, out_dim);
         match (ys, xs) {
             (CpuStorage::F32(y), CpuStorage::F32(x)) => {
-                self.cpu_rows(&x[xa..xb], &mut y[ya..yb], in_dim, out_dim, |v| v, |v| v)
+                host::rows_f32(batch, site, eps, &x[xa..xb], &mut y[ya..yb], dims)
             }
-            (CpuStorage::F64(y), CpuStorage::F64(x)) => self.cpu_rows(
-                &x[xa..xb],
-                &mut y[ya..yb],
-                in_dim,
-                out_dim,
+            (CpuStorage::F64(y), CpuStorage::F64(x)) => host::rows(
+                batch,
+                site,
+                eps,
+                false,
+                (&x[xa..xb], &mut y[ya..yb]),
+                dims,
                 |v| v as f32,
                 |v| v as f64,
             ),
-            (CpuStorage::BF16(y), CpuStorage::BF16(x)) => self.cpu_rows(
-                &x[xa..xb],
-                &mut y[ya..yb],
-                in_dim,
-                out_dim,
+            (CpuStorage::BF16(y), CpuStorage::BF16(x)) => host::rows(
+                batch,
+                site,
+                eps,
+                false,
+                (&x[xa..xb], &mut y[ya..yb]),
+                dims,
                 bf16::to_f32,
                 bf16::from_f32,
             ),
-            (CpuStorage::F16(y), CpuStorage::F16(x)) => self.cpu_rows(
-                &x[xa..xb],
-                &mut y[ya..yb],
-                in_dim,
-                out_dim,
+            (CpuStorage::F16(y), CpuStorage::F16(x)) => host::rows(
+                batch,
+                site,
+                eps,
+                false,
+                (&x[xa..xb], &mut y[ya..yb]),
+                dims,
                 f16::to_f32,
                 f16::from_f32,
             ),
@@ -384,231 +456,6 @@ fn last(l: &Layout) -> Result<usize> {
     }
 }
 
-/// Slots of site `s` in a host pack: (output, entries as (column, value)) views.
-struct HostSite<'p> {
-    outs: &'p [u32],
-    ptr: &'p [u32],
-    cols: &'p [u32],
-    vals: &'p [f32],
-}
-
-fn host_site<'p>(keys: &'p [u32], vals: &'p [f32], s: usize) -> Option<HostSite<'p>> {
-    let dir = keys.get(4 * s..4 * s + 4)?;
-    let (slots_at, n, cols_at, vals_at) = (
-        dir[0] as usize,
-        dir[1] as usize,
-        dir[2] as usize,
-        dir[3] as usize,
-    );
-    if n == 0 {
-        return None;
-    }
-    let outs = &keys[slots_at..slots_at + n];
-    let ptr = &keys[slots_at + n..slots_at + 2 * n + 1];
-    let entries = ptr[n] as usize;
-    Some(HostSite {
-        outs,
-        ptr,
-        cols: &keys[cols_at..cols_at + entries],
-        vals: &vals[vals_at..vals_at + entries],
-    })
-}
-
-/// A tile of rows of one task on the CPU: its first row, the site's slots, and its output rows.
-struct Tile<'p, 'y, T> {
-    r0: usize,
-    site: std::sync::Arc<HostSite<'p>>,
-    ys: &'y mut [T],
-}
-
-impl SparseOp<'_, '_> {
-    /// The CPU pass: tiles of rows in parallel, each adding its task's slots.
-    fn cpu_rows<T: Copy + Send + Sync>(
-        &self,
-        x: &[T],
-        y: &mut [T],
-        in_dim: usize,
-        out_dim: usize,
-        to: impl Fn(T) -> f32 + Sync,
-        from: impl Fn(f32) -> T + Sync,
-    ) -> Result<()> {
-        let rows = x.len() / in_dim;
-        if y.len() != rows * out_dim {
-            bail!("sparse corrections: input and output rows differ");
-        }
-        // Tiles of at most TILE_ROWS rows of one task; segments are sorted and disjoint, so are the tiles,
-        // and each takes its own output rows.
-        let mut tiles: Vec<Tile<'_, '_, T>> = Vec::new();
-        let mut rest: &mut [T] = y;
-        let mut at = 0;
-        for &(r0, n, pack) in &self.batch.segments {
-            let (keys, vals) = match &pack.data {
-                PackData::Cpu { keys, vals } => (keys, vals),
-                #[cfg(feature = "cuda")]
-                PackData::Cuda { .. } => bail!("sparse corrections: a task pack is not on the CPU"),
-            };
-            if r0 + n > rows {
-                bail!("sparse corrections: segment rows {r0}+{n} beyond the batch's {rows}");
-            }
-            let Some(site) = host_site(keys, vals, self.site) else {
-                continue;
-            };
-            let site = std::sync::Arc::new(site);
-            let mut r = r0;
-            while r < r0 + n {
-                let len = TILE_ROWS.min(r0 + n - r);
-                let (_, tail) = std::mem::take(&mut rest).split_at_mut((r - at) * out_dim);
-                let (ys, tail) = tail.split_at_mut(len * out_dim);
-                rest = tail;
-                at = r + len;
-                tiles.push(Tile {
-                    r0: r,
-                    site: site.clone(),
-                    ys,
-                });
-                r += len;
-            }
-        }
-        let eps = self.norm_eps;
-        tiles.into_par_iter().for_each(|tile| {
-            let site = &tile.site;
-            for (k, yr) in tile.ys.chunks_exact_mut(out_dim).enumerate() {
-                let xr = &x[(tile.r0 + k) * in_dim..(tile.r0 + k + 1) * in_dim];
-                match eps {
-                    None => {
-                        for (s, &o) in site.outs.iter().enumerate() {
-                            let mut acc = 0f32;
-                            for e in site.ptr[s] as usize..site.ptr[s + 1] as usize {
-                                let c = site.cols[e] as usize;
-                                let xv = if c < in_dim { to(xr[c]) } else { 1.0 };
-                                acc += xv * site.vals[e];
-                            }
-                            let o = o as usize;
-                            yr[o] = from(to(yr[o]) + acc);
-                        }
-                    }
-                    Some(eps) => {
-                        let n = in_dim as f32;
-                        let mean = xr.iter().map(|&v| to(v)).sum::<f32>() / n;
-                        let var = xr
-                            .iter()
-                            .map(|&v| (to(v) - mean) * (to(v) - mean))
-                            .sum::<f32>()
-                            / n;
-                        let rstd = 1.0 / (var + eps as f32).sqrt();
-                        for (s, &j) in site.outs.iter().enumerate() {
-                            let j = j as usize;
-                            let xhat = (to(xr[j]) - mean) * rstd;
-                            let mut acc = 0f32;
-                            for e in site.ptr[s] as usize..site.ptr[s + 1] as usize {
-                                let v = if (site.cols[e] as usize) < in_dim {
-                                    xhat
-                                } else {
-                                    1.0
-                                };
-                                acc += v * site.vals[e];
-                            }
-                            yr[j] = from(to(yr[j]) + acc);
-                        }
-                    }
-                }
-            }
-        });
-        Ok(())
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::super::test_tensors::det_f32 as det;
-    use super::*;
-    use candle_core::DType;
-
-    /// Corrections equal a dense computation with each row's own weights.
-    #[test]
-    fn dense_and_norm_corrections_match_per_row_weights() {
-        let (rows, ind, outd) = (5, 6, 4);
-        let sites = [
-            SiteKind::Dense {
-                in_dim: ind,
-                out_dim: outd,
-            },
-            SiteKind::Norm { dim: outd },
-        ];
-        let x = det(rows * ind, 1);
-        let w = det(outd * ind, 2);
-        let a = SparsePack::new(
-            &sites,
-            &[(
-                0,
-                SiteDelta {
-                    weight: vec![(1, 0.5), (7, -0.25), (23, 2.0)],
-                    bias: vec![(3, 1.5)],
-                },
-            )],
-            &Device::Cpu,
-        )
-        .unwrap();
-        let b = SparsePack::new(
-            &sites,
-            &[(
-                1,
-                SiteDelta {
-                    weight: vec![(2, 0.75)],
-                    bias: vec![(0, -1.0)],
-                },
-            )],
-            &Device::Cpu,
-        )
-        .unwrap();
-        let xt = Tensor::from_vec(x.clone(), (rows, ind), &Device::Cpu).unwrap();
-        let wt = Tensor::from_vec(w.clone(), (outd, ind), &Device::Cpu).unwrap();
-        let y = xt.matmul(&wt.t().unwrap()).unwrap();
-        let batch = SparseBatch::new(vec![(0, 2, &a), (2, 3, &b)], &Device::Cpu).unwrap();
-        assert!(batch.touches(0) && batch.touches(1));
-        batch.dense(0, &xt, &y).unwrap();
-        let got: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
-        for r in 0..rows {
-            for i in 0..outd {
-                let mut want = 0f32;
-                for j in 0..ind {
-                    let mut wij = w[i * ind + j];
-                    if r < 2 {
-                        wij += match i * ind + j {
-                            1 => 0.5,
-                            7 => -0.25,
-                            23 => 2.0,
-                            _ => 0.0,
-                        };
-                    }
-                    want += x[r * ind + j] * wij;
-                }
-                if r < 2 && i == 3 {
-                    want += 1.5;
-                }
-                assert!((got[r * outd + i] - want).abs() < 1e-5, "row {r} out {i}");
-            }
-        }
-        // Norm: rows 2.. get γ[2] += 0.75, β[0] -= 1.
-        let g = Tensor::ones(outd, DType::F32, &Device::Cpu).unwrap();
-        let z = Tensor::zeros(outd, DType::F32, &Device::Cpu).unwrap();
-        let yn = super::super::layer_norm(&y, &g, &z, 1e-5).unwrap();
-        let before: Vec<f32> = yn.flatten_all().unwrap().to_vec1().unwrap();
-        batch.norm(1, 1e-5, &y, &yn).unwrap();
-        let after: Vec<f32> = yn.flatten_all().unwrap().to_vec1().unwrap();
-        for r in 0..rows {
-            for j in 0..outd {
-                let (b0, a0) = (before[r * outd + j], after[r * outd + j]);
-                let want = match (r >= 2, j) {
-                    (true, 2) => b0 * 1.75,
-                    (true, 0) => b0 - 1.0,
-                    _ => b0,
-                };
-                assert!(
-                    (a0 - want).abs() < 1e-5,
-                    "row {r} feature {j}: {a0} vs {want}"
-                );
-            }
-        }
-    }
-}
+#[path = "sparse_tests.rs"]
+mod tests;
