@@ -70,7 +70,10 @@ fuzz_target!(init: {
         _ => {
             if let Ok(r) = serde_json::from_slice::<LocalizationRequest>(body) {
                 if r.check().is_ok() {
-                    assert!(r.sparsity > 0.0 && r.sparsity <= 1.0 && r.epochs <= 1000);
+                    assert!(r.sparsity.is_none_or(|s| s > 0.0 && s <= 1.0) && r.epochs <= 1000);
+                    let b = r.budget_spec();
+                    assert!((0.0..=1.0).contains(&b.retain) && b.ceiling > 0.0 && b.ceiling <= 1.0);
+                    assert!(!b.rungs(r.sparsity.unwrap_or(1e-4)).is_empty());
                     assert!(skillgraft::store::service::valid_name(&r.task_name));
                 }
             }
