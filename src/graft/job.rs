@@ -61,11 +61,16 @@ pub struct LocalizationOutcome {
 }
 
 impl LocalizationJob<'_> {
-    /// Body values the checkpoint changed outside the region.
+    /// Body values the checkpoint changed outside the region and outside its head (a BERT classifier's
+    /// pooler travels with the head).
     fn changed_outside_region(&self) -> Result<usize> {
+        let head = self
+            .finetuned
+            .head
+            .tensor_names(self.base.model.config.architecture()?);
         let mut n = 0;
         for (name, ft) in &self.finetuned.model.weights.tensors {
-            if self.options.region.contains(name) {
+            if self.options.region.contains(name) || head.contains(name) {
                 continue;
             }
             let Some(pre) = self.base.model.weights.tensors.get(name) else {
