@@ -7,7 +7,7 @@ per-coordinate normalization pull back every weight the task does not need, so t
 few parameters. `L1Trainer` is a drop-in `transformers.Trainer` subclass; run this file as a script for a
 complete SST-2-style example on a CSV/TSV with `sentence,label` columns.
 
-    pip install torch transformers
+    pip install torch "transformers[torch]"
     python scripts/l1-trainer.py --model PATH_TO_all-MiniLM-L6-v2 --train train.tsv --out ckpt --l1 1e-4
     skillgraft localize --finetuned ckpt --task sst2      # the budget search reports what a graft keeps
 
@@ -16,6 +16,7 @@ The head (classifier, pooler) is not penalized: it is the task's own and always 
 
 import argparse
 import csv
+import inspect
 
 import torch
 from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
@@ -56,6 +57,7 @@ def main():
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--num-labels", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=42)
     a = ap.parse_args()
     tok = AutoTokenizer.from_pretrained(a.model)
     model = AutoModelForSequenceClassification.from_pretrained(a.model, num_labels=a.num_labels)
@@ -70,9 +72,13 @@ def main():
             enc["labels"] = rows[i][1]
             return enc
 
+    # transformers < 5 takes the warm-up as `warmup_ratio`; 5 and later as a fraction in `warmup_steps`.
+    takes_ratio = "warmup_ratio" in inspect.signature(TrainingArguments.__init__).parameters
+    warmup = {"warmup_ratio": 0.1} if takes_ratio else {"warmup_steps": 0.1}
     args = TrainingArguments(output_dir=a.out, learning_rate=a.lr, num_train_epochs=a.epochs,
-                             per_device_train_batch_size=a.batch_size, weight_decay=0.01, warmup_ratio=0.1,
-                             lr_scheduler_type="linear", save_strategy="no", report_to=[])
+                             per_device_train_batch_size=a.batch_size, weight_decay=0.01,
+                             lr_scheduler_type="linear", save_strategy="no", report_to=[], seed=a.seed,
+                             **warmup)
     trainer = L1Trainer(model=model, args=args, train_dataset=Data(),
                         data_collator=DataCollatorWithPadding(tok), l1=a.l1)
     trainer.train()
