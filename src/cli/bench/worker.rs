@@ -14,9 +14,8 @@
 //!
 //! Inputs of a (batch, seq) are random token ids drawn once from a fixed seed.
 
-use super::bench::with_linear_head;
-use super::engine_bench::random_batch;
-use super::ModelArgs;
+use super::harness::{random_batch, with_linear_head};
+use crate::cli::args::ModelArgs;
 use crate::model::heads::{Classifier, HeadSpec, Pooling};
 use crate::model::{to_hash_map, EncodedBatch, EncoderInput, ParamSet};
 use anyhow::{bail, Context, Result};
@@ -31,7 +30,7 @@ use std::time::Instant;
 #[derive(Args, Debug)]
 pub struct BenchWorkerArgs {
     #[command(flatten)]
-    pub(super) model: ModelArgs,
+    pub(in crate::cli) model: ModelArgs,
 }
 
 #[derive(Deserialize)]
@@ -48,7 +47,7 @@ struct Request {
 }
 
 /// Serves requests until stdin closes.
-pub fn run(a: BenchWorkerArgs) -> Result<()> {
+pub(super) fn run(a: BenchWorkerArgs) -> Result<()> {
     let base = a.model.load()?;
     let cfg = &base.model.config;
     let dev = &base.device;

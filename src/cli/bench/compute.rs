@@ -2,11 +2,11 @@
 //! localization job (SST-2 K=16 train/dev, 64 test sentences, a synthetic fine-tune), as one table
 //! (optionally beside PyTorch's times measured in the same sitting).
 
-use super::engine_bench::{
-    correction_crossover, engine_batch_seconds, graft_size_table, random_batch,
-};
-use super::table::Table;
-use super::{print_json, ModelArgs};
+use super::engine::{correction_crossover, engine_batch_seconds, graft_size_table};
+use super::harness::{random_batch, synced, time_it, with_linear_head};
+use crate::cli::args::ModelArgs;
+use crate::cli::output::print_json;
+use crate::cli::table::Table;
 use crate::data;
 use crate::graft::localize::{localize, GraftableModel, LocalizeOptions, Method};
 use crate::graft::{entries_from_mask, Graft};
@@ -16,7 +16,6 @@ use crate::train::optim::{Optimizer, OptimizerConfig};
 use anyhow::{Context, Result};
 use candle_core::{DType, Tensor};
 use clap::Args;
-use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -25,7 +24,7 @@ use std::time::Instant;
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     #[command(flatten)]
-    pub(super) model: ModelArgs,
+    pub(in crate::cli) model: ModelArgs,
     /// Minimum seconds spent timing each row.
     #[arg(long, default_value_t = 2.0)]
     min_seconds: f64,
@@ -67,50 +66,8 @@ fn parse_shape(s: &str) -> Result<(usize, usize)> {
     Ok((b.trim().parse()?, t.trim().parse()?))
 }
 
-/// Median seconds of `f` over repeated runs (2 warm-ups, then at least 5 runs or `min_seconds`). `f` must
-/// wait for its device work to finish (see [`synced`]).
-fn time_it(min_seconds: f64, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    for _ in 0..2 {
-        f()?;
-    }
-    let mut times = Vec::new();
-    let start = Instant::now();
-    while times.len() < 5 || start.elapsed().as_secs_f64() < min_seconds {
-        let t = Instant::now();
-        f()?;
-        times.push(t.elapsed().as_secs_f64());
-        if times.len() >= 1000 {
-            break;
-        }
-    }
-    times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
-}
-
-/// Runs `f`, then waits for `device` to finish the work it queued (GPUs run asynchronously).
-fn synced<T>(device: &candle_core::Device, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    let out = f()?;
-    device.synchronize()?;
-    Ok(out)
-}
-
-/// The base weights plus a fixed random linear head (`classifier.*`, 2 classes) for timing.
-pub(super) fn with_linear_head(base: &crate::model::BaseModel) -> Result<BTreeMap<String, Tensor>> {
-    let dev = &base.device;
-    let mut tensors = base.model.weights.tensors.clone();
-    let h = base.model.config.hidden_size;
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let w: Vec<f32> = (0..2 * h).map(|_| rng.random_range(-0.05..0.05)).collect();
-    tensors.insert(
-        "classifier.weight".into(),
-        Tensor::from_vec(w, (2, h), dev)?,
-    );
-    tensors.insert("classifier.bias".into(), Tensor::zeros(2, DType::F32, dev)?);
-    Ok(tensors)
-}
-
 /// Runs the benchmark.
-pub fn run(a: BenchArgs) -> Result<()> {
+pub(super) fn run(a: BenchArgs) -> Result<()> {
     let threads = rayon::current_num_threads();
     if a.correction_crossover {
         let (t, cross) = correction_crossover(

@@ -18,9 +18,11 @@
 //! (getrusage here, /proc for the server) and printed, and an HTTP floor (GET /health) shows what a request
 //! costs with no model work at all.
 
-use super::bench_http::{cpu_seconds_of, own_cpu_seconds, Conn};
-use super::bench_serve::{import, metric, start_server, task_name, BenchServeArgs};
-use super::print_json;
+use super::harness::{cpu_seconds_of, own_cpu_seconds};
+use super::serve::BenchServeArgs;
+use super::server::{import, metric, start_server, task_name};
+use crate::cli::http::Conn;
+use crate::cli::output::print_json;
 use crate::engine::{Engine, EngineConfig, ServedTask};
 use crate::graft::synthetic::SyntheticTasks;
 use crate::model::pooled_head::{pooled_vectors, PooledInput};
@@ -281,7 +283,7 @@ fn markdown(lines: &[Line]) -> String {
 }
 
 /// Runs the comparison.
-pub fn run(a: &BenchServeArgs) -> Result<()> {
+pub(super) fn run(a: &BenchServeArgs) -> Result<()> {
     let threads = rayon::current_num_threads();
     let mut sizes = a.batch_sizes.clone();
     sizes.sort_unstable();
@@ -345,7 +347,7 @@ pub fn run(a: &BenchServeArgs) -> Result<()> {
 
     let state = std::env::temp_dir().join(format!("skillgraft-vs-raw-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&state);
-    let server = start_server(a, &base.model.files.dir, &state)?;
+    let server = start_server(&a.server_flags(), &base.model.files.dir, &state)?;
     import(&server.addr, &gen, 0, 1, 1)?;
     let path = format!("/v1/tasks/{}/predict", task_name(0));
 
