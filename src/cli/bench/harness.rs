@@ -69,6 +69,11 @@ pub(super) fn random_batch(batch: usize, seq: usize, seed: u64) -> EncodedBatch 
     let ids: Vec<u32> = (0..batch * seq)
         .map(|_| rng.random_range(1000..20000))
         .collect();
+    all_real(ids, batch, seq)
+}
+
+/// A batch of `batch` rows of `seq` token ids (row after row), every token real, one segment.
+pub(super) fn all_real(ids: Vec<u32>, batch: usize, seq: usize) -> EncodedBatch {
     EncodedBatch {
         type_ids: vec![0; ids.len()],
         mask: vec![1; ids.len()],

@@ -300,8 +300,21 @@ pub(super) fn run(a: &BenchServeArgs) -> Result<()> {
     drop(server);
     let _ = std::fs::remove_dir_all(&state);
     let base_bytes = (base.model.body_parameter_count() * base.dtype.size_in_bytes()) as f64;
+    report(a, base_bytes, gen.size, rss0, &phases)
+}
+
+/// Prints the phases: one JSON document with `--json`, else a table under a line of what was run.
+fn report(
+    a: &BenchServeArgs,
+    base_bytes: f64,
+    graft_size: usize,
+    rss0: u64,
+    phases: &[Phase],
+) -> Result<()> {
     let rps = |p: &Phase| p.requests as f64 / p.seconds;
-    let first = &phases[0];
+    let Some(first) = phases.first() else {
+        bail!("no phases");
+    };
     let per_task_device = |p: &Phase| match (p.resident_bytes, p.resident_tasks) {
         (Some(b), Some(t)) if t > 0.0 => Some(b / t),
         _ => None,
@@ -329,7 +342,7 @@ pub(super) fn run(a: &BenchServeArgs) -> Result<()> {
         })
         .collect();
     let v = serde_json::json!({
-        "clients": a.clients, "texts_per_request": a.texts, "graft_size": gen.size,
+        "clients": a.clients, "texts_per_request": a.texts, "graft_size": graft_size,
         "popularity": a.popularity, "device": a.model.device, "dtype": a.model.dtype,
         "base_weight_bytes": base_bytes, "rss_before_tasks_kib": rss0, "phases": list,
     });
@@ -342,7 +355,7 @@ pub(super) fn run(a: &BenchServeArgs) -> Result<()> {
         a.clients,
         a.texts,
         a.popularity,
-        gen.size,
+        graft_size,
         base_bytes / 1e6,
         a.model.device,
         a.model.dtype
@@ -360,7 +373,7 @@ pub(super) fn run(a: &BenchServeArgs) -> Result<()> {
         "device bytes/task",
     ]);
     let opt = |x: Option<f64>, f: &dyn Fn(f64) -> String| x.map_or("–".into(), f);
-    for p in &phases {
+    for p in phases {
         let dev = per_task_device(p);
         t.row(vec![
             p.tasks.to_string(),

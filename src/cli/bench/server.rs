@@ -2,8 +2,8 @@
 //! device, dtype and threads as the bench) on a free port, synthetic tasks imported into it, and values
 //! read from its `/metrics`.
 
-use super::super::args::ModelArgs;
-use super::super::http;
+use crate::cli::args::ModelArgs;
+use crate::cli::http;
 use crate::graft::synthetic::SyntheticTasks;
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader, Read};
