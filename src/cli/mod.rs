@@ -1,18 +1,18 @@
-//! The command-line face of the library, and its table of contents: the [`Cli`] and its commands (one
-//! file each, named after the command), the dispatch, and what they share. Every command parses its flags
-//! and calls library code. Commands that report print human text on stdout (tables, a summary line; `bench-serve
-//! --vs-raw` a Markdown table), or with `--json` one JSON document; commands that write files (`finetune`,
-//! `localize`, `export`, `synthetic`, `task init`) say what they wrote. `serve` runs the HTTP service until
-//! stopped, `healthcheck` answers with its exit status, and the hidden `bench-worker` answers timing requests
-//! over stdin/stdout. Progress goes to stderr. Every command but `serve` and `healthcheck` runs inside one
-//! compute pool ([`run`]).
+//! The command-line face of the library, and its table of contents: the [`Cli`] and its commands, the
+//! dispatch, and below them one file a command (or a family of commands) and what they share. Every
+//! command parses its flags and calls library code. Commands that report print human text on stdout
+//! (tables, a summary line; `bench-serve --vs-raw` a Markdown table), or with `--json` one JSON document;
+//! commands that write files (`finetune`, `localize`, `export`, `synthetic`, `task init`) say what they
+//! wrote. `serve` runs the HTTP service until stopped, `healthcheck` answers with its exit status, and the
+//! hidden `bench-worker` answers timing requests over stdin/stdout. Progress goes to stderr. Every command
+//! but `serve` and `healthcheck` runs inside one compute pool ([`run`]).
 //!
-//! - commands: [`finetune`], [`localize`], [`evaluate`], [`task`], [`compose`] (`overlap`, `compose`,
-//!   `export`, `info`), [`predict`] (`predict`, `embed`), [`selfcheck`], [`serve`], [`study`],
-//!   [`synthetic`], [`healthcheck`];
-//! - the benchmark lab, its own wing: [`bench`] (`bench`, `bench-serve`, the hidden `bench-worker`);
-//! - shared: [`args`] (flag groups), [`output`] (JSON, progress, exit status), [`table`] (text tables),
-//!   [`http`] (the HTTP/1.1 client of `healthcheck` and the serving benches).
+//! - the commands' files: `finetune`, `localize`, `evaluate`, `task` (init, check, schema), `compose`
+//!   (overlap, compose, export, info), `predict` (predict, embed), `selfcheck`, `serve`, `study`,
+//!   `synthetic`, `healthcheck`;
+//! - the benchmark lab, a wing of its own: `bench/` (bench, bench-serve, the hidden bench-worker);
+//! - shared by them: `args` (flag groups), `output` (JSON, progress, exit status), `table` (text tables),
+//!   `http` (the HTTP/1.1 client of `healthcheck` and the serving benches).
 
 mod args;
 mod bench;
