@@ -1,6 +1,8 @@
 //! `skillgraft bench`: forward throughput, forward+backward, optimizer steps, graft apply/revert and a reduced
 //! localization job (SST-2 K=16 train/dev, 64 test sentences, a synthetic fine-tune), as one table
-//! (optionally beside PyTorch's times measured in the same sitting).
+//! (optionally beside PyTorch's times measured in the same sitting). `--engine-graft-sizes` prints the
+//! engine's graft-size table before it, and `--correction-crossover` prints only its own two tables (both
+//! from [`super::engine`]).
 
 use super::engine::{correction_crossover, engine_batch_seconds, graft_size_table};
 use super::harness::{random_batch, synced, time_it, with_linear_head};
