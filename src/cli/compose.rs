@@ -1,8 +1,9 @@
 //! `overlap`, `compose`, `export` and `info`: commands over graft files.
 
+use super::args::ModelArgs;
 use super::evaluate::{grafted_body, load_checked_graft};
+use super::output::print_json;
 use super::table::Table;
-use super::{print_json, ModelArgs};
 use crate::data;
 use crate::graft::overlap::{compose, overlap, ConflictRule};
 use crate::graft::{unix_now, FlatRegion, Graft, RegionSpec};

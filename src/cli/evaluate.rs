@@ -1,8 +1,9 @@
 //! `skillgraft evaluate`: a graft side by side with base + head (and the base patch and the fine-tuned model
 //! when given the checkpoint), in and out of distribution.
 
+use super::args::{DataArgs, HeadArgs, ModelArgs};
+use super::output::print_json;
 use super::table::Table;
-use super::{print_json, DataArgs, HeadArgs, ModelArgs};
 use crate::data;
 use crate::graft::evaluate::{evaluate_variants, Variant};
 use crate::graft::localize::GraftableModel;

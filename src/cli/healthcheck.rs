@@ -1,12 +1,12 @@
 //! `skillgraft healthcheck`: asks a running server on this machine whether it is alive (`/health`, or `/ready`
 //! with `--ready`), at the address `serve` listens on (`--addr` / `SKILLGRAFT_ADDR`; an unspecified address
 //! such as `0.0.0.0` is reached over loopback). Exits 0 when it answers 200, 1 otherwise — what a container's
-//! HEALTHCHECK needs, without curl in the image.
+//! HEALTHCHECK needs, without curl in the image (over the command line's own client, `cli/http.rs`).
 
+use super::http::Conn;
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 /// Options of `skillgraft healthcheck`.
@@ -41,18 +41,10 @@ pub fn run(a: HealthcheckArgs) -> Result<()> {
     let to = target(a.addr);
     let path = if a.ready { "/ready" } else { "/health" };
     let timeout = Duration::from_secs_f64(a.timeout.max(0.1));
-    let mut s = TcpStream::connect_timeout(&to, timeout)
-        .with_context(|| format!("cannot connect to {to}"))?;
-    s.set_read_timeout(Some(timeout))?;
-    s.set_write_timeout(Some(timeout))?;
-    // One write: a request split over several segments may be answered (and the socket closed) early.
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {to}\r\nConnection: close\r\n\r\n");
-    s.write_all(request.as_bytes())?;
-    let mut head = [0u8; 12];
-    s.read_exact(&mut head)
+    let (status, _) = Conn::closing(to, timeout)?
+        .request("GET", path, b"")
         .with_context(|| format!("no answer from {to}"))?;
-    let status = String::from_utf8_lossy(&head[9..12]).to_string();
-    if status != "200" {
+    if status != 200 {
         bail!("{to}{path} answered {status}");
     }
     println!("{to}{path}: 200");

@@ -2,8 +2,10 @@
 //! keeping `--retain` of the gain, with the retention curve) or at a fixed `--sparsity`; exits with status
 //! [`NOT_LOCALIZED_EXIT`] and writes nothing when no graft within the ceiling keeps the target.
 
+use super::args::{DataArgs, HeadArgs, ModelArgs, RegionArgs};
+use super::evaluate;
+use super::output::{print_json, Exit, Reporter};
 use super::table::Table;
-use super::{evaluate, print_json, DataArgs, HeadArgs, ModelArgs, RegionArgs, Reporter};
 use crate::graft::budget::{Budget, Retention, Verdict};
 use crate::graft::job::LocalizationJob;
 use crate::graft::localize::{LocalizeOptions, Method};
@@ -187,7 +189,7 @@ pub(super) fn cmd_localize(a: LocalizeArgs) -> Result<()> {
         );
     }
     if !kept && !a.keep_anyway {
-        return Err(super::Exit {
+        return Err(Exit {
             code: NOT_LOCALIZED_EXIT,
             message: format!(
                 "{} (nothing written; --keep-anyway writes the best graft)",

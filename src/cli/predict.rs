@@ -1,9 +1,10 @@
 //! `skillgraft predict` (a task's predictions through the serving engine, on any device and in any precision)
 //! and `skillgraft embed` (sentence embeddings and hidden states of the base model, for parity checks).
 
+use super::args::{DataArgs, ModelArgs};
 use super::evaluate::load_checked_graft;
+use super::output::print_json;
 use super::table::Table;
-use super::{print_json, DataArgs, ModelArgs};
 use crate::engine::{Engine, EngineConfig, ServedTask};
 use crate::model::predict::argmax_f32;
 use crate::model::{to_hash_map, Encoder, TextInput};

@@ -7,7 +7,8 @@
 //! and a graft on the embeddings written in place) give each task's logits with its graft applied alone,
 //! apply + revert leaves the weights bit for bit, and bf16 predictions agree with f32 ones.
 
-use super::{print_json, ModelArgs};
+use super::args::ModelArgs;
+use super::output::print_json;
 use crate::engine::{Engine, EngineConfig, ServedTask};
 use crate::graft::synthetic::SyntheticTasks;
 use crate::model::heads::Classifier;

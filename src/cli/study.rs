@@ -1,6 +1,7 @@
 //! `skillgraft study`: the reproduction study's command line.
 
-use super::{print_json, ModelArgs};
+use super::args::ModelArgs;
+use super::output::print_json;
 use crate::data;
 use crate::graft::localize::Method;
 use crate::model::HeadKind;

@@ -1,7 +1,7 @@
 //! `skillgraft synthetic`: writes a random graft for the base model (no skill: a random mask with values moved
 //! by up to ±0.01, the SST-2 prototype head), for smoke tests of a deployment and for benchmarks.
 
-use super::ModelArgs;
+use super::args::ModelArgs;
 use crate::graft::synthetic::SyntheticTasks;
 use anyhow::Result;
 use clap::Args;

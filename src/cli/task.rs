@@ -1,7 +1,9 @@
 //! `skillgraft task`: write a starting task spec by looking at a data file, check a spec against its data,
 //! print the spec's JSON Schema.
 
-use super::print_json;
+use super::args::{ModelArgs, SplitArgs};
+use super::output::print_json;
+use super::table::Table;
 use crate::data::inspect::{inspect_file, starting_spec, InspectOptions, SpecHead};
 use crate::data::{self, FileFormat, HeadNeeds, SplitRule, TaskSpec};
 use anyhow::{bail, Context, Result};
@@ -76,7 +78,7 @@ pub(super) struct CheckArgs {
     head: Option<InitHead>,
     /// How train and dev are drawn.
     #[command(flatten)]
-    sample: super::SplitArgs,
+    sample: SplitArgs,
     /// Print one JSON document.
     #[arg(long)]
     json: bool,
@@ -84,7 +86,7 @@ pub(super) struct CheckArgs {
 
 impl TaskCommand {
     /// Task commands load no model.
-    pub(super) fn model_args(&self) -> Option<&super::ModelArgs> {
+    pub(super) fn model_args(&self) -> Option<&ModelArgs> {
         None
     }
 }
@@ -239,7 +241,7 @@ fn check(a: CheckArgs) -> Result<()> {
         spec.name,
         spec.labels.len()
     );
-    let mut t = super::table::Table::new(&[
+    let mut t = Table::new(&[
         "label",
         "train",
         "dev",

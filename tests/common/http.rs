@@ -1,4 +1,5 @@
-//! A minimal HTTP/1.1 client and a server process handle for the service tests (loopback only).
+//! The tests' one HTTP/1.1 client (the service tests; the S3 server's set-up) and a server process handle
+//! (loopback only).
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -59,7 +60,7 @@ fn dechunk(raw: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Sends one request (Connection: close) and reads the whole response.
+/// Sends one request (Connection: close) and reads the whole response; panics when there is none.
 pub fn request(
     addr: &str,
     method: &str,
@@ -67,8 +68,23 @@ pub fn request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Resp {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(300))).ok();
+    try_request(addr, method, path, headers, body, Duration::from_secs(300))
+        .unwrap_or_else(|e| panic!("{method} {path} on {addr}: {e}"))
+}
+
+/// [`request`] that says why there is no response (no connection, no response head) instead of panicking,
+/// waiting up to `timeout` for the answer.
+pub fn try_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+) -> std::io::Result<Resp> {
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(timeout)).ok();
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -77,21 +93,21 @@ pub fn request(
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     head.push_str("\r\n");
-    s.write_all(head.as_bytes()).expect("write");
-    s.write_all(body).expect("write body");
+    s.write_all(head.as_bytes())?;
+    s.write_all(body)?;
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw);
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .expect("no header end");
+        .ok_or_else(|| bad("no header end"))?;
     let head = String::from_utf8_lossy(&raw[..split]).to_string();
     let mut lines = head.lines();
     let status: u16 = lines
         .next()
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|c| c.parse().ok())
-        .expect("status");
+        .ok_or_else(|| bad("no status"))?;
     let headers: Vec<(String, String)> = lines
         .filter_map(|l| {
             l.split_once(':')
@@ -102,7 +118,7 @@ pub fn request(
     let chunked = headers
         .iter()
         .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
-    Resp {
+    Ok(Resp {
         status,
         body: if chunked {
             dechunk(body)
@@ -110,7 +126,7 @@ pub fn request(
             body.to_vec()
         },
         headers,
-    }
+    })
 }
 
 /// A running `skillgraft serve` process.

@@ -2,8 +2,6 @@
 //! tests/fleet/tools.sh), started on a free loopback port and stopped when dropped. Not a mock of our own:
 //! the same HTTP API, signatures, ETags and conditional writes (`If-None-Match`, `If-Match`) as S3.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -42,21 +40,6 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// A bare HTTP request (moto accepts unsigned bucket creation); returns the status.
-fn raw(addr: &str, method: &str, path: &str) -> std::io::Result<u16> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut out = Vec::new();
-    s.read_to_end(&mut out)?;
-    Ok(String::from_utf8_lossy(out.get(9..12).unwrap_or(b"000"))
-        .parse()
-        .unwrap_or(0))
-}
-
 impl S3Server {
     /// Starts moto on a free loopback port and creates `bucket`.
     pub fn start(bucket: &str) -> Self {
@@ -77,7 +60,16 @@ impl S3Server {
         };
         let start = Instant::now();
         loop {
-            match raw(&addr, "PUT", &format!("/{bucket}")) {
+            // A bare request: moto accepts unsigned bucket creation.
+            let created = super::http::try_request(
+                &addr,
+                "PUT",
+                &format!("/{bucket}"),
+                &[],
+                b"",
+                Duration::from_secs(10),
+            );
+            match created.map(|r| r.status) {
                 Ok(200) => break,
                 Ok(code) => panic!("moto refused to create bucket {bucket}: {code}"),
                 Err(_) if start.elapsed() < Duration::from_secs(60) => {

@@ -44,7 +44,7 @@ const TILE_ROWS: usize = 16;
 /// dense-delta path (f32 models only; see the module doc). The choice depends on the task's density at the
 /// site alone, never on the rows of a batch.
 ///
-/// Measured with `skillgraft bench --threads 2 --correction-crossover` (`src/cli/engine_bench.rs`): one
+/// Measured with `skillgraft bench --threads 2 --correction-crossover` (`src/cli/bench/engine.rs`): one
 /// layer's correction of 32 and of 512 rows of one task by each path, for the encoder's three dense shapes
 /// (384 → 384, 384 → 1536, 1536 → 384), at densities from 5% to 100% of the weight (random entries; the
 /// two paths interleaved, the fastest of 15 runs each). On the 2-core Intel Xeon with AVX-512 of

@@ -18,9 +18,11 @@
 //! (getrusage here, /proc for the server) and printed, and an HTTP floor (GET /health) shows what a request
 //! costs with no model work at all.
 
-use super::bench_http::{cpu_seconds_of, own_cpu_seconds, Conn};
-use super::bench_serve::{import, metric, start_server, task_name, BenchServeArgs};
-use super::print_json;
+use super::harness::{cpu_seconds_of, own_cpu_seconds};
+use super::serve::BenchServeArgs;
+use super::server::{import, metric, start_server, task_name, Server};
+use crate::cli::http::Conn;
+use crate::cli::output::print_json;
 use crate::engine::{Engine, EngineConfig, ServedTask};
 use crate::graft::synthetic::SyntheticTasks;
 use crate::model::pooled_head::{pooled_vectors, PooledInput};
@@ -280,8 +282,22 @@ fn markdown(lines: &[Line]) -> String {
     s
 }
 
+/// The base encoder alone, in the serving dtype (what the raw rows run).
+fn raw_encoder(base: &BaseModel) -> Result<Encoder> {
+    let dtype = base.dtype;
+    let tensors: BTreeMap<String, candle_core::Tensor> = base
+        .model
+        .weights
+        .tensors
+        .iter()
+        .map(|(k, t)| Ok((k.clone(), t.to_dtype(dtype)?)))
+        .collect::<Result<_>>()?;
+    let vb = candle_nn::VarBuilder::from_tensors(to_hash_map(&tensors), dtype, &base.device);
+    Ok(Encoder::load(vb, &base.model.config)?)
+}
+
 /// Runs the comparison.
-pub fn run(a: &BenchServeArgs) -> Result<()> {
+pub(super) fn run(a: &BenchServeArgs) -> Result<()> {
     let threads = rayon::current_num_threads();
     let mut sizes = a.batch_sizes.clone();
     sizes.sort_unstable();
@@ -298,15 +314,7 @@ pub fn run(a: &BenchServeArgs) -> Result<()> {
 
     // Raw: the base encoder in this process, in the serving dtype.
     let dtype = base.dtype;
-    let tensors: BTreeMap<String, candle_core::Tensor> = base
-        .model
-        .weights
-        .tensors
-        .iter()
-        .map(|(k, t)| Ok((k.clone(), t.to_dtype(dtype)?)))
-        .collect::<Result<_>>()?;
-    let vb = candle_nn::VarBuilder::from_tensors(to_hash_map(&tensors), dtype, &base.device);
-    let encoder = Encoder::load(vb, &base.model.config)?;
+    let encoder = raw_encoder(&base)?;
     let raw_step = |b: usize, k: usize| -> Result<()> {
         let inputs: Vec<TextInput> = batch_texts(&pool, b, k)
             .into_iter()
@@ -345,75 +353,115 @@ pub fn run(a: &BenchServeArgs) -> Result<()> {
 
     let state = std::env::temp_dir().join(format!("skillgraft-vs-raw-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&state);
-    let server = start_server(a, &base.model.files.dir, &state)?;
+    let server = start_server(&a.server_flags(), &base.model.files.dir, &state)?;
     import(&server.addr, &gen, 0, 1, 1)?;
     let path = format!("/v1/tasks/{}/predict", task_name(0));
 
     // The HTTP floor: keep-alive GET /health, no model work.
     let floor_s = a.seconds.min(3.0);
-    let floor = |clients: usize| -> Result<serde_json::Value> {
-        let mut conns = (0..clients)
-            .map(|_| Conn::open(&server.addr))
-            .collect::<Result<Vec<_>>>()?;
-        let server0 = cpu_seconds_of(server.pid)?;
-        let cpu0 = own_cpu_seconds();
-        let start = Instant::now();
-        let stop = start + Duration::from_secs_f64(floor_s);
-        let counts: Vec<Result<usize>> = std::thread::scope(|s| {
-            let hs: Vec<_> = conns
-                .iter_mut()
-                .map(|c| {
-                    s.spawn(move || -> Result<usize> {
-                        let mut n = 0;
-                        while Instant::now() < stop {
-                            c.request("GET", "/health", b"")?;
-                            n += 1;
-                        }
-                        Ok(n)
-                    })
-                })
-                .collect();
-            hs.into_iter()
-                .map(|h| h.join().map_err(|_| anyhow::anyhow!("client panicked"))?)
-                .collect()
-        });
-        let wall = start.elapsed().as_secs_f64();
-        let n: usize = counts.into_iter().sum::<Result<usize>>()?;
-        let own = own_cpu_seconds() - cpu0;
-        let srv = cpu_seconds_of(server.pid)? - server0;
-        Ok(serde_json::json!({
-            "clients": clients, "requests_per_s": n as f64 / wall,
-            "client_cpu_us_per_request": own / n.max(1) as f64 * 1e6,
-            "server_cpu_us_per_request": srv / n.max(1) as f64 * 1e6,
-            "client_cpu_pct": own / wall * 100.0, "server_cpu_pct": srv / wall * 100.0,
-        }))
-    };
+    let floor = |clients: usize| http_floor(&server, clients, floor_s);
     let mut floors = vec![floor(1)?];
     let most = *sizes.last().unwrap_or(&1);
     if most > 1 {
         floors.push(floor(most)?);
     }
 
-    let mut lines = Vec::new();
     let rounds = a.rounds.max(1);
-    for &b in &sizes {
+    let serve = |clients: usize, texts: usize| {
+        drive(
+            &server.addr,
+            server.pid,
+            &path,
+            &pool,
+            clients,
+            texts,
+            a.seconds,
+        )
+    };
+    let lines = measure(&sizes, rounds, a.seconds, &raw_step, &engine_step, &serve)?;
+    drop(server);
+    let _ = std::fs::remove_dir_all(&state);
+
+    if a.model.json {
+        return print_json(&serde_json::json!({
+            "threads": threads, "device": a.model.device, "dtype": a.model.dtype, "texts": what,
+            "seconds_per_measurement": a.seconds, "rounds": rounds, "graft_size": gen.size, "http_floor": floors,
+            "lines": lines,
+        }));
+    }
+    println!(
+        "skillgraft bench-serve --vs-raw — {threads} compute thread(s) on each side, device {} ({}), \
+         {what}, median of {rounds} interleaved round(s) of {:.0} s per measurement, one synthetic task \
+         (graft of {} parameters)\n",
+        a.model.device, a.model.dtype, a.seconds, gen.size
+    );
+    print!("{}", markdown(&lines));
+    println!();
+    for f in &floors {
+        print_floor(f);
+    }
+    Ok(())
+}
+
+/// Requests/s of `clients` keep-alive connections sending GET /health for `seconds`, and the CPU each side
+/// spends per request: what a request costs with no model work at all.
+fn http_floor(server: &Server, clients: usize, seconds: f64) -> Result<serde_json::Value> {
+    let mut conns = (0..clients)
+        .map(|_| Conn::open(&server.addr))
+        .collect::<Result<Vec<_>>>()?;
+    let server0 = cpu_seconds_of(server.pid)?;
+    let cpu0 = own_cpu_seconds();
+    let start = Instant::now();
+    let stop = start + Duration::from_secs_f64(seconds);
+    let counts: Vec<Result<usize>> = std::thread::scope(|s| {
+        let hs: Vec<_> = conns
+            .iter_mut()
+            .map(|c| {
+                s.spawn(move || -> Result<usize> {
+                    let mut n = 0;
+                    while Instant::now() < stop {
+                        c.request("GET", "/health", b"")?;
+                        n += 1;
+                    }
+                    Ok(n)
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().map_err(|_| anyhow::anyhow!("client panicked"))?)
+            .collect()
+    });
+    let wall = start.elapsed().as_secs_f64();
+    let n: usize = counts.into_iter().sum::<Result<usize>>()?;
+    let own = own_cpu_seconds() - cpu0;
+    let srv = cpu_seconds_of(server.pid)? - server0;
+    Ok(serde_json::json!({
+        "clients": clients, "requests_per_s": n as f64 / wall,
+        "client_cpu_us_per_request": own / n.max(1) as f64 * 1e6,
+        "server_cpu_us_per_request": srv / n.max(1) as f64 * 1e6,
+        "client_cpu_pct": own / wall * 100.0, "server_cpu_pct": srv / wall * 100.0,
+    }))
+}
+
+/// The lines of the result: for each batch size B, `rounds` interleaved rounds of raw (`raw_step(B, k)`),
+/// engine (`engine_step(B, k)`) and server (`serve(clients, texts per request)`: 1 × B, and B × 1 when
+/// B > 1), the median round of each column kept.
+fn measure(
+    sizes: &[usize],
+    rounds: usize,
+    seconds: f64,
+    raw_step: &dyn Fn(usize, usize) -> Result<()>,
+    engine_step: &dyn Fn(usize, usize) -> Result<()>,
+    serve: &dyn Fn(usize, usize) -> Result<Rate>,
+) -> Result<Vec<Line>> {
+    let mut lines = Vec::new();
+    for &b in sizes {
         eprintln!("batch size {b}: {rounds} round(s) of raw, in-process engine, server");
         let (mut raw, mut eng, mut one, mut many) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..rounds {
-            raw.push(timed(b, a.seconds, |k| raw_step(b, k))?);
-            eng.push(timed(b, a.seconds, |k| engine_step(b, k))?);
-            let serve = |clients, texts| {
-                drive(
-                    &server.addr,
-                    server.pid,
-                    &path,
-                    &pool,
-                    clients,
-                    texts,
-                    a.seconds,
-                )
-            };
+            raw.push(timed(b, seconds, |k| raw_step(b, k))?);
+            eng.push(timed(b, seconds, |k| engine_step(b, k))?);
             one.push(serve(1, b)?);
             if b > 1 {
                 many.push(serve(b, 1)?);
@@ -437,37 +485,21 @@ pub fn run(a: &BenchServeArgs) -> Result<()> {
             });
         }
     }
-    drop(server);
-    let _ = std::fs::remove_dir_all(&state);
+    Ok(lines)
+}
 
-    if a.model.json {
-        return print_json(&serde_json::json!({
-            "threads": threads, "device": a.model.device, "dtype": a.model.dtype, "texts": what,
-            "seconds_per_measurement": a.seconds, "rounds": rounds, "graft_size": gen.size, "http_floor": floors,
-            "lines": lines,
-        }));
-    }
+/// One line of text for an HTTP floor measurement.
+fn print_floor(f: &serde_json::Value) {
     println!(
-        "skillgraft bench-serve --vs-raw — {threads} compute thread(s) on each side, device {} ({}), \
-         {what}, median of {rounds} interleaved round(s) of {:.0} s per measurement, one synthetic task \
-         (graft of {} parameters)\n",
-        a.model.device, a.model.dtype, a.seconds, gen.size
+        "HTTP floor (GET /health, {} keep-alive client(s)): {:.0} requests/s; per request {:.0} µs of client \
+         CPU and {:.0} µs of server CPU (clients {:.0}%, server {:.0}% of a core)",
+        f["clients"],
+        f["requests_per_s"].as_f64().unwrap_or(f64::NAN),
+        f["client_cpu_us_per_request"].as_f64().unwrap_or(f64::NAN),
+        f["server_cpu_us_per_request"].as_f64().unwrap_or(f64::NAN),
+        f["client_cpu_pct"].as_f64().unwrap_or(f64::NAN),
+        f["server_cpu_pct"].as_f64().unwrap_or(f64::NAN),
     );
-    print!("{}", markdown(&lines));
-    println!();
-    for f in &floors {
-        println!(
-            "HTTP floor (GET /health, {} keep-alive client(s)): {:.0} requests/s; per request {:.0} µs of client \
-             CPU and {:.0} µs of server CPU (clients {:.0}%, server {:.0}% of a core)",
-            f["clients"],
-            f["requests_per_s"].as_f64().unwrap_or(f64::NAN),
-            f["client_cpu_us_per_request"].as_f64().unwrap_or(f64::NAN),
-            f["server_cpu_us_per_request"].as_f64().unwrap_or(f64::NAN),
-            f["client_cpu_pct"].as_f64().unwrap_or(f64::NAN),
-            f["server_cpu_pct"].as_f64().unwrap_or(f64::NAN),
-        );
-    }
-    Ok(())
 }
 
 #[cfg(test)]

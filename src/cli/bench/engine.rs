@@ -3,8 +3,8 @@
 //! of the whole model, placed in the encoder layers so that they share passes, against the base model served
 //! by the same engine with an empty graft).
 
-use super::bench_http::own_cpu_seconds;
-use super::table::Table;
+use super::harness::{median, own_cpu_seconds, random_batch};
+use crate::cli::table::Table;
 use crate::engine::{Engine, EngineConfig, ServedTask};
 use crate::graft::synthetic::SyntheticTasks;
 use crate::model::ops::{SiteDelta, SiteKind, SparseBatch, SparsePack};
@@ -141,13 +141,9 @@ fn interleaved(benches: &mut [&mut Bench<'_>], min_seconds: f64) -> Result<Vec<(
             break;
         }
     }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     Ok(times
         .into_iter()
-        .map(|(w, c)| (median(w), median(c)))
+        .map(|(w, c)| (median(&w), median(&c)))
         .collect())
 }
 
@@ -322,20 +318,4 @@ pub fn correction_crossover(
 
 fn mib(bytes: usize) -> String {
     format!("{:.3} MiB", bytes as f64 / (1 << 20) as f64)
-}
-
-/// A batch of random token ids, every token real.
-pub(super) fn random_batch(batch: usize, seq: usize, seed: u64) -> EncodedBatch {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let ids: Vec<u32> = (0..batch * seq)
-        .map(|_| rng.random_range(1000..20000))
-        .collect();
-    EncodedBatch {
-        type_ids: vec![0; ids.len()],
-        mask: vec![1; ids.len()],
-        ids,
-        batch,
-        seq,
-        mask_positions: None,
-    }
 }

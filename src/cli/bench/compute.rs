@@ -1,31 +1,32 @@
 //! `skillgraft bench`: forward throughput, forward+backward, optimizer steps, graft apply/revert and a reduced
 //! localization job (SST-2 K=16 train/dev, 64 test sentences, a synthetic fine-tune), as one table
-//! (optionally beside PyTorch's times measured in the same sitting).
+//! (optionally beside PyTorch's times measured in the same sitting). `--engine-graft-sizes` prints the
+//! engine's graft-size table before it, and `--correction-crossover` prints only its own two tables (both
+//! from [`super::engine`]).
 
-use super::engine_bench::{
-    correction_crossover, engine_batch_seconds, graft_size_table, random_batch,
-};
-use super::table::Table;
-use super::{print_json, ModelArgs};
+use super::engine::{correction_crossover, engine_batch_seconds, graft_size_table};
+use super::harness::{random_batch, synced, time_it, with_linear_head};
+use crate::cli::args::ModelArgs;
+use crate::cli::output::print_json;
+use crate::cli::table::Table;
 use crate::data;
 use crate::graft::localize::{localize, GraftableModel, LocalizeOptions, Method};
 use crate::graft::{entries_from_mask, Graft};
 use crate::model::heads::{Classifier, HeadSpec, Pooling};
-use crate::model::{to_hash_map, ParamSet};
+use crate::model::{to_hash_map, BaseModel, ParamSet};
 use crate::train::optim::{Optimizer, OptimizerConfig};
 use anyhow::{Context, Result};
 use candle_core::{DType, Tensor};
 use clap::Args;
-use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Options of `skillgraft bench`.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     #[command(flatten)]
-    pub(super) model: ModelArgs,
+    pub(in crate::cli) model: ModelArgs,
     /// Minimum seconds spent timing each row.
     #[arg(long, default_value_t = 2.0)]
     min_seconds: f64,
@@ -67,83 +68,77 @@ fn parse_shape(s: &str) -> Result<(usize, usize)> {
     Ok((b.trim().parse()?, t.trim().parse()?))
 }
 
-/// Median seconds of `f` over repeated runs (2 warm-ups, then at least 5 runs or `min_seconds`). `f` must
-/// wait for its device work to finish (see [`synced`]).
-fn time_it(min_seconds: f64, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    for _ in 0..2 {
-        f()?;
-    }
-    let mut times = Vec::new();
-    let start = Instant::now();
-    while times.len() < 5 || start.elapsed().as_secs_f64() < min_seconds {
-        let t = Instant::now();
-        f()?;
-        times.push(t.elapsed().as_secs_f64());
-        if times.len() >= 1000 {
-            break;
-        }
-    }
-    times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
-}
-
-/// Runs `f`, then waits for `device` to finish the work it queued (GPUs run asynchronously).
-fn synced<T>(device: &candle_core::Device, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    let out = f()?;
-    device.synchronize()?;
-    Ok(out)
-}
-
-/// The base weights plus a fixed random linear head (`classifier.*`, 2 classes) for timing.
-pub(super) fn with_linear_head(base: &crate::model::BaseModel) -> Result<BTreeMap<String, Tensor>> {
-    let dev = &base.device;
-    let mut tensors = base.model.weights.tensors.clone();
-    let h = base.model.config.hidden_size;
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let w: Vec<f32> = (0..2 * h).map(|_| rng.random_range(-0.05..0.05)).collect();
-    tensors.insert(
-        "classifier.weight".into(),
-        Tensor::from_vec(w, (2, h), dev)?,
-    );
-    tensors.insert("classifier.bias".into(), Tensor::zeros(2, DType::F32, dev)?);
-    Ok(tensors)
-}
+/// One row of the table: what, milliseconds, a note.
+type Row = (String, f64, String);
 
 /// Runs the benchmark.
-pub fn run(a: BenchArgs) -> Result<()> {
+pub(super) fn run(a: BenchArgs) -> Result<()> {
     let threads = rayon::current_num_threads();
     if a.correction_crossover {
-        let (t, cross) = correction_crossover(
-            &[(384, 384), (384, 1536), (1536, 384)],
-            &[0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.85, 1.0],
-            &[32, 512],
-            15,
-        )?;
-        println!(
-            "one layer's correction, one task, f32, {threads} thread(s), CPU kernels {:?}:\n{t}\n{cross}",
-            crate::model::ops::cpu_kernels()
-        );
-        return Ok(());
+        return crossover(threads);
     }
     let base = a.model.load()?;
-    let cfg = &base.model.config;
-    let dev = &base.device;
-    let mut rows: Vec<(String, f64, String)> = Vec::new();
+    let mut rows: Vec<Row> = Vec::new();
     let head = HeadSpec::Linear {
         num_labels: 2,
         pooling: Pooling::Cls,
     };
     let tensors = with_linear_head(&base)?;
-
-    // Forward (inference: no variables, no graph), in the chosen dtype.
-    let dtype = base.dtype;
-    let clf = Classifier::load(&to_hash_map(&tensors), cfg, &head, dtype, dev)?;
     let shapes = a
         .shapes
         .iter()
         .map(|s| parse_shape(s))
         .collect::<Result<Vec<_>>>()?;
-    for &(b, s) in &shapes {
+    forward_rows(&a, &base, &tensors, &head, &shapes, &mut rows)?;
+    engine_rows(&a, &base, &shapes, threads, &mut rows)?;
+    if a.forward_only {
+        return report(&a, &base, threads, &rows, None);
+    }
+    if base.dtype != DType::F32 {
+        anyhow::bail!(
+            "training rows run in f32 only: add --forward-only for --dtype {:?}",
+            base.dtype
+        );
+    }
+    training_rows(&a, &base, &tensors, &head, &mut rows)?;
+    graft_rows(&a, &base, &tensors, &mut rows)?;
+    if !a.skip_job {
+        rows.push(job_row(&a, &base)?);
+    }
+    let torch = match &a.torch_python {
+        Some(py) => Some(torch_times(py, &base, threads)?),
+        None => None,
+    };
+    report(&a, &base, threads, &rows, torch.as_ref())
+}
+
+/// `--correction-crossover`: one layer's correction by both paths, and where they cost the same.
+fn crossover(threads: usize) -> Result<()> {
+    let (t, cross) = correction_crossover(
+        &[(384, 384), (384, 1536), (1536, 384)],
+        &[0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.85, 1.0],
+        &[32, 512],
+        15,
+    )?;
+    println!(
+        "one layer's correction, one task, f32, {threads} thread(s), CPU kernels {:?}:\n{t}\n{cross}",
+        crate::model::ops::cpu_kernels()
+    );
+    Ok(())
+}
+
+/// Forward (inference: no variables, no graph), in the chosen dtype, at each shape.
+fn forward_rows(
+    a: &BenchArgs,
+    base: &BaseModel,
+    tensors: &BTreeMap<String, Tensor>,
+    head: &HeadSpec,
+    shapes: &[(usize, usize)],
+    rows: &mut Vec<Row>,
+) -> Result<()> {
+    let (cfg, dev, dtype) = (&base.model.config, &base.device, base.dtype);
+    let clf = Classifier::load(&to_hash_map(tensors), cfg, head, dtype, dev)?;
+    for &(b, s) in shapes {
         let input = random_batch(b, s, 1).to_input(cfg, dev, dtype)?;
         let t = time_it(a.min_seconds, || {
             synced(dev, || Ok(clf.encoder.forward(&input)?))?;
@@ -159,6 +154,18 @@ pub fn run(a: BenchArgs) -> Result<()> {
             ),
         ));
     }
+    Ok(())
+}
+
+/// The engine rows on the largest shape (`--engine-tasks`), or with `--engine-graft-sizes` the graft-size
+/// table, printed at once.
+fn engine_rows(
+    a: &BenchArgs,
+    base: &BaseModel,
+    shapes: &[(usize, usize)],
+    threads: usize,
+    rows: &mut Vec<Row>,
+) -> Result<()> {
     let engine_tasks = a
         .engine_tasks
         .iter()
@@ -181,25 +188,26 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 .with_context(|| format!("--engine-graft-sizes: `{f}` is not a share in (0, 1]"))
         })
         .collect::<Result<Vec<f64>>>()?;
+    let largest = shapes.iter().max_by_key(|(b, s)| b * s).copied();
     if !graft_sizes.is_empty() {
         if a.model.json {
             anyhow::bail!("--engine-graft-sizes prints a table: drop --json");
         }
-        let Some(&(b, s)) = shapes.iter().max_by_key(|(b, s)| b * s) else {
+        let Some((b, s)) = largest else {
             anyhow::bail!("--engine-graft-sizes needs a shape (--shapes)");
         };
         let counts = if engine_tasks.is_empty() {
             vec![1]
         } else {
-            engine_tasks.clone()
+            engine_tasks
         };
-        let table = graft_size_table(&base, &graft_sizes, &counts, b, s, a.min_seconds)?;
+        let table = graft_size_table(base, &graft_sizes, &counts, b, s, a.min_seconds)?;
         println!(
             "engine, batches of {b}x{s} tokens, {threads} thread(s), synthetic grafts in the encoder layers:\n{table}"
         );
-    } else if let Some(&(b, s)) = shapes.iter().max_by_key(|(b, s)| b * s) {
+    } else if let Some((b, s)) = largest {
         for &n in &engine_tasks {
-            let t = engine_batch_seconds(&base, n, b, s, a.min_seconds)?;
+            let t = engine_batch_seconds(base, n, b, s, a.min_seconds)?;
             rows.push((
                 format!("engine {b}x{s}, {n} task(s)"),
                 t * 1e3,
@@ -207,17 +215,21 @@ pub fn run(a: BenchArgs) -> Result<()> {
             ));
         }
     }
-    if a.forward_only {
-        return report(&a, &base, threads, &rows, None);
-    }
-    if dtype != DType::F32 {
-        anyhow::bail!("training rows run in f32 only: add --forward-only for --dtype {dtype:?}");
-    }
+    Ok(())
+}
 
-    // Forward + backward: encoder layers trainable, embeddings frozen.
+/// Forward + backward (encoder layers trainable, embeddings frozen), then optimizer steps over them.
+fn training_rows(
+    a: &BenchArgs,
+    base: &BaseModel,
+    tensors: &BTreeMap<String, Tensor>,
+    head: &HeadSpec,
+    rows: &mut Vec<Row>,
+) -> Result<()> {
+    let (cfg, dev) = (&base.model.config, &base.device);
     let mut train_tensors = tensors.clone();
     let params = ParamSet::make_trainable(&mut train_tensors, |n| n.starts_with("encoder."))?;
-    let clf_t = Classifier::load(&to_hash_map(&train_tensors), cfg, &head, DType::F32, dev)?;
+    let clf_t = Classifier::load(&to_hash_map(&train_tensors), cfg, head, DType::F32, dev)?;
     let input = random_batch(8, 64, 2).to_input(cfg, dev, DType::F32)?;
     let labels = Tensor::from_vec(vec![0u32, 1, 0, 1, 1, 0, 1, 0], 8, dev)?;
     let t = time_it(a.min_seconds, || {
@@ -236,8 +248,6 @@ pub fn run(a: BenchArgs) -> Result<()> {
             params.numel()
         ),
     ));
-
-    // Optimizer steps over the encoder layers.
     let grads: Vec<Tensor> = params
         .vars
         .iter()
@@ -270,8 +280,16 @@ pub fn run(a: BenchArgs) -> Result<()> {
         })?;
         rows.push((name.into(), t * 1e3, format!("{} values", params.numel())));
     }
+    Ok(())
+}
 
-    // Graft apply + revert on the served (inference) tensors.
+/// Graft apply + revert on the served (inference) tensors, at two graft sizes.
+fn graft_rows(
+    a: &BenchArgs,
+    base: &BaseModel,
+    tensors: &BTreeMap<String, Tensor>,
+    rows: &mut Vec<Row>,
+) -> Result<()> {
     let region = crate::graft::FlatRegion::new(&Default::default(), &base.model.weights.tensors)?;
     for k in [1_064usize, 10_640] {
         let step = (region.len() / k).max(1);
@@ -288,81 +306,80 @@ pub fn run(a: BenchArgs) -> Result<()> {
             head: BTreeMap::new(),
         };
         let t = time_it(a.min_seconds.min(0.5), || {
-            synced(dev, || graft.apply(&tensors)?.revert())?;
+            synced(&base.device, || graft.apply(tensors)?.revert())?;
             Ok(())
         })?;
         rows.push((format!("graft apply+revert k={k}"), t * 1e3, String::new()));
     }
+    Ok(())
+}
 
-    // A reduced localization job: SST-2 K=16 train/dev but only 64 test sentences (the real job evaluates
-    // its variants on all 1,821), 10 epochs, paper method, prototype head, a synthetic fine-tune (the base
-    // plus noise) instead of a trained checkpoint.
-    if !a.skip_job {
-        let dir = a.data_dir.clone().unwrap_or_else(data::data_dir_default);
-        let task = data::builtin_task("sst2").context("sst2 task")?;
-        let split = data::task_split(&task, &dir, 16, 42, Some(64))?;
-        let spec = base.head_spec(
-            crate::model::HeadKind::Prototype,
-            &task,
-            0.05,
-            Pooling::Mean,
-        )?;
-        let head_t = base.init_head(&spec, 0)?;
-        let mut ft = base.model.weights.deep_clone()?.tensors;
-        for (n, t) in ft.iter_mut() {
-            if n.starts_with("encoder.") {
-                *t = (t.clone() + t.randn_like(0.0, 1e-3)?)?;
-            }
+/// A reduced localization job: SST-2 K=16 train/dev but only 64 test sentences (the real job evaluates its
+/// variants on all 1,821), 10 epochs, paper method, prototype head, a synthetic fine-tune (the base plus
+/// noise) instead of a trained checkpoint.
+fn job_row(a: &BenchArgs, base: &BaseModel) -> Result<Row> {
+    let dir = a.data_dir.clone().unwrap_or_else(data::data_dir_default);
+    let task = data::builtin_task("sst2").context("sst2 task")?;
+    let split = data::task_split(&task, &dir, 16, 42, Some(64))?;
+    let spec = base.head_spec(
+        crate::model::HeadKind::Prototype,
+        &task,
+        0.05,
+        Pooling::Mean,
+    )?;
+    let head_t = base.init_head(&spec, 0)?;
+    let mut ft = base.model.weights.deep_clone()?.tensors;
+    for (n, t) in ft.iter_mut() {
+        if n.starts_with("encoder.") {
+            *t = (t.clone() + t.randn_like(0.0, 1e-3)?)?;
         }
-        let t0 = Instant::now();
-        let model = GraftableModel::new(
-            &base.model,
-            &ft,
-            head_t,
-            base.inputs(spec),
-            &Default::default(),
-        )?;
-        let opts = LocalizeOptions {
-            method: Method::Paper,
-            ..Default::default()
-        };
-        localize(&model, &split, &opts, &mut |_| {})?;
-        let secs = t0.elapsed().as_secs_f64();
-        rows.push((
-            "reduced localization job (SST-2 K=16, 10 epochs, synthetic fine-tune, 64 test sentences)".into(),
-            secs * 1e3,
-            format!("region {}", model.region.len()),
-        ));
     }
-
-    let torch: Option<serde_json::Value> = match &a.torch_python {
-        Some(py) => {
-            let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/torch_bench.py");
-            let out = std::process::Command::new(py)
-                .arg(&script)
-                .args(["--json", "--threads", &threads.to_string(), "--model"])
-                .arg(&base.model.files.dir)
-                .output()
-                .with_context(|| format!("cannot run {}", py.display()))?;
-            if !out.status.success() {
-                anyhow::bail!(
-                    "torch_bench.py failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            Some(serde_json::from_slice(&out.stdout).context("torch_bench.py printed no JSON")?)
-        }
-        None => None,
+    let t0 = Instant::now();
+    let model = GraftableModel::new(
+        &base.model,
+        &ft,
+        head_t,
+        base.inputs(spec),
+        &Default::default(),
+    )?;
+    let opts = LocalizeOptions {
+        method: Method::Paper,
+        ..Default::default()
     };
-    report(&a, &base, threads, &rows, torch.as_ref())
+    localize(&model, &split, &opts, &mut |_| {})?;
+    let secs = t0.elapsed().as_secs_f64();
+    Ok((
+        "reduced localization job (SST-2 K=16, 10 epochs, synthetic fine-tune, 64 test sentences)"
+            .into(),
+        secs * 1e3,
+        format!("region {}", model.region.len()),
+    ))
+}
+
+/// PyTorch's times of the same rows: benches/torch_bench.py run by `py` with the same threads.
+fn torch_times(py: &Path, base: &BaseModel, threads: usize) -> Result<serde_json::Value> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/torch_bench.py");
+    let out = std::process::Command::new(py)
+        .arg(&script)
+        .args(["--json", "--threads", &threads.to_string(), "--model"])
+        .arg(&base.model.files.dir)
+        .output()
+        .with_context(|| format!("cannot run {}", py.display()))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "torch_bench.py failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    serde_json::from_slice(&out.stdout).context("torch_bench.py printed no JSON")
 }
 
 /// Prints the rows (a table, or JSON with `--json`), beside PyTorch's times when given.
 fn report(
     a: &BenchArgs,
-    base: &crate::model::BaseModel,
+    base: &BaseModel,
     threads: usize,
-    rows: &[(String, f64, String)],
+    rows: &[Row],
     torch: Option<&serde_json::Value>,
 ) -> Result<()> {
     let torch_ms = |row: &str| -> Option<f64> {

@@ -14,11 +14,10 @@
 //!
 //! Inputs of a (batch, seq) are random token ids drawn once from a fixed seed.
 
-use super::bench::with_linear_head;
-use super::engine_bench::random_batch;
-use super::ModelArgs;
+use super::harness::{all_real, random_batch, with_linear_head};
+use crate::cli::args::ModelArgs;
 use crate::model::heads::{Classifier, HeadSpec, Pooling};
-use crate::model::{to_hash_map, EncodedBatch, EncoderInput, ParamSet};
+use crate::model::{to_hash_map, EncoderInput, ParamSet};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
 use clap::Args;
@@ -31,7 +30,7 @@ use std::time::Instant;
 #[derive(Args, Debug)]
 pub struct BenchWorkerArgs {
     #[command(flatten)]
-    pub(super) model: ModelArgs,
+    pub(in crate::cli) model: ModelArgs,
 }
 
 #[derive(Deserialize)]
@@ -48,7 +47,7 @@ struct Request {
 }
 
 /// Serves requests until stdin closes.
-pub fn run(a: BenchWorkerArgs) -> Result<()> {
+pub(super) fn run(a: BenchWorkerArgs) -> Result<()> {
     let base = a.model.load()?;
     let cfg = &base.model.config;
     let dev = &base.device;
@@ -119,15 +118,7 @@ pub fn run(a: BenchWorkerArgs) -> Result<()> {
                 if batch == 0 || seq == 0 || req.ids.iter().any(|r| r.len() != seq) {
                     bail!("bench-worker: ids must be a non-empty rectangle");
                 }
-                let ids: Vec<u32> = req.ids.concat();
-                let enc = EncodedBatch {
-                    type_ids: vec![0; ids.len()],
-                    mask: vec![1; ids.len()],
-                    ids,
-                    batch,
-                    seq,
-                    mask_positions: None,
-                };
+                let enc = all_real(req.ids.concat(), batch, seq);
                 let h = clf
                     .encoder
                     .forward(&enc.to_input(cfg, dev, base.dtype)?)?

@@ -4,25 +4,28 @@
 //! server is restarted, so it starts with every task in its store and none in memory: tasks load on demand.
 //! Per phase: a cold task's first-request latency (tasks never asked for since the restart, one at a time),
 //! then requests/s and p50/p99 latency under load, the server's resident memory, the graft cache and the
-//! engine's per-task device state (read from `/metrics`). With `--vs-raw`, instead: the server's sentences/s
-//! against the raw model's at the same batch sizes ([`super::serve_vs_raw`]).
+//! engine's per-task device state (read from `/metrics`). Every request opens a connection of its own
+//! (`Connection: close`). With `--vs-raw`, instead: the server's sentences/s against the raw model's at the
+//! same batch sizes ([`super::vs_raw`], which takes its options from here).
 
-use super::table::Table;
-use super::{print_json, ModelArgs};
+use super::harness::median;
+use super::server::{import, metric, start_server, task_name, ServerFlags};
+use crate::cli::args::ModelArgs;
+use crate::cli::http;
+use crate::cli::output::print_json;
+use crate::cli::table::Table;
 use crate::graft::synthetic::SyntheticTasks;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use rand::{Rng, SeedableRng};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Options of `skillgraft bench-serve`.
 #[derive(Args, Debug)]
 pub struct BenchServeArgs {
     #[command(flatten)]
-    pub(super) model: ModelArgs,
+    pub(in crate::cli) model: ModelArgs,
     /// Task counts, one load phase each (comma-separated; tasks are added between phases).
     #[arg(long, value_delimiter = ',', default_value = "1,100")]
     tasks: Vec<usize>,
@@ -58,7 +61,7 @@ pub struct BenchServeArgs {
     /// Instead of the task-count phases: the server's sentences/s against the raw model's at each of
     /// --batch-sizes, same texts and threads (--seconds per measurement; see `serve_vs_raw`).
     #[arg(long)]
-    vs_raw: bool,
+    pub(super) vs_raw: bool,
     /// Texts per model batch for --vs-raw (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
     pub(super) batch_sizes: Vec<usize>,
@@ -70,33 +73,18 @@ pub struct BenchServeArgs {
     pub(super) data_dir: Option<std::path::PathBuf>,
 }
 
-fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> Result<(u16, Vec<u8>)> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(120)))?;
-    // Graft imports (PUT) are raw bytes; every other body is JSON.
-    let content_type = if method == "PUT" {
-        "application/octet-stream"
-    } else {
-        "application/json"
-    };
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes())?;
-    s.write_all(body)?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let status = String::from_utf8_lossy(raw.get(9..12).unwrap_or(b"000"))
-        .parse()
-        .unwrap_or(0);
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(raw.len(), |p| p + 4);
-    Ok((status, raw[split..].to_vec()))
+impl BenchServeArgs {
+    /// The flags the bench passes on to the server it starts.
+    pub(super) fn server_flags(&self) -> ServerFlags<'_> {
+        ServerFlags {
+            model: &self.model,
+            task_cache_bytes: self.task_cache_bytes,
+            store: self.store.as_deref(),
+        }
+    }
 }
 
+/// Resident memory of process `pid`, KiB.
 fn rss_kib(pid: u32) -> Result<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     s.lines()
@@ -127,18 +115,6 @@ fn pick(rng: &mut impl Rng, cumulative: &[f64]) -> usize {
     cumulative
         .partition_point(|&c| c < u)
         .min(cumulative.len().saturating_sub(1))
-}
-
-/// One value of the server's Prometheus text, by metric name.
-pub(super) fn metric(addr: &str, name: &str) -> Option<f64> {
-    let (status, body) = http(addr, "GET", "/metrics", b"").ok()?;
-    if status != 200 {
-        return None;
-    }
-    String::from_utf8_lossy(&body).lines().find_map(|l| {
-        let (k, v) = l.split_once(' ')?;
-        (k == name).then(|| v.trim().parse().ok())?
-    })
 }
 
 /// GPU memory the process `pid` holds, MiB (from nvidia-smi; None without one).
@@ -207,7 +183,7 @@ fn load(
                         .collect();
                     let body = serde_json::json!({ "inputs": inputs }).to_string();
                     let t = Instant::now();
-                    match http(
+                    match http::once(
                         &addr,
                         "POST",
                         &format!("/v1/tasks/{task}/predict"),
@@ -256,85 +232,6 @@ fn load(
     })
 }
 
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A server process started by the bench.
-pub(super) struct Server {
-    _child: Guard,
-    pub(super) addr: String,
-    pub(super) pid: u32,
-}
-
-/// Starts `skillgraft serve` with the bench's device, dtype, threads and store on a free port.
-pub(super) fn start_server(
-    a: &BenchServeArgs,
-    model_dir: &std::path::Path,
-    state: &std::path::Path,
-) -> Result<Server> {
-    let exe = std::env::current_exe()?;
-    let mut cmd = Command::new(exe);
-    cmd.args(["serve", "--addr", "127.0.0.1:0", "--model"])
-        .arg(model_dir)
-        .arg("--state-dir")
-        .arg(state)
-        .args([
-            "--queue",
-            "4096",
-            "--device",
-            &a.model.device,
-            "--dtype",
-            &a.model.dtype,
-        ])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null());
-    if let Some(t) = a.model.threads {
-        cmd.args(["--threads", &t.to_string()]);
-    }
-    if let Some(b) = a.task_cache_bytes {
-        cmd.args(["--task-cache-bytes", &b.to_string()]);
-    }
-    if let Some(st) = &a.store {
-        cmd.args(["--store", st]);
-    }
-    let mut child = cmd.spawn()?;
-    let stderr = child.stderr.take().context("server stderr")?;
-    let child = Guard(child);
-    let pid = child.0.id();
-    let mut reader = BufReader::new(stderr);
-    let mut addr = None;
-    let mut seen = Vec::new();
-    for _ in 0..100 {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
-            break;
-        }
-        if let Some(x) = line.trim().strip_prefix("skillgraft listening on http://") {
-            addr = Some(x.to_string());
-            break;
-        }
-        seen.push(line);
-    }
-    let Some(addr) = addr else {
-        bail!("the server did not start: {}", seen.concat())
-    };
-    std::thread::spawn(move || {
-        let mut sink = String::new();
-        let _ = reader.read_to_string(&mut sink);
-    });
-    Ok(Server {
-        _child: child,
-        addr,
-        pid,
-    })
-}
-
 /// First-request latencies (ms) of up to `count` tasks spread over the popularity ranks, one at a time,
 /// right after a restart: each is loaded from the store on that request.
 fn cold_latencies(addr: &str, names: &[String], count: usize) -> Result<Vec<f64>> {
@@ -345,7 +242,7 @@ fn cold_latencies(addr: &str, names: &[String], count: usize) -> Result<Vec<f64>
     for k in 0..count {
         let task = &names[k * names.len() / count];
         let t = Instant::now();
-        let (status, resp) = http(
+        let (status, resp) = http::once(
             addr,
             "POST",
             &format!("/v1/tasks/{task}/predict"),
@@ -362,64 +259,8 @@ fn cold_latencies(addr: &str, names: &[String], count: usize) -> Result<Vec<f64>
     Ok(out)
 }
 
-/// Imports synthetic tasks `from..to` over `clients` connections.
-pub(super) fn import(
-    addr: &str,
-    gen: &SyntheticTasks,
-    from: usize,
-    to: usize,
-    clients: usize,
-) -> Result<()> {
-    let next = std::sync::atomic::AtomicUsize::new(from);
-    std::thread::scope(|s| -> Result<()> {
-        let hs: Vec<_> = (0..clients.max(1))
-            .map(|_| {
-                s.spawn(|| -> Result<()> {
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        if i >= to {
-                            return Ok(());
-                        }
-                        let bytes = gen.graft(i)?.to_bytes()?;
-                        let (status, body) = http(
-                            addr,
-                            "PUT",
-                            &format!("/v1/tasks/{}/graft", task_name(i)),
-                            &bytes,
-                        )?;
-                        if status != 200 {
-                            bail!(
-                                "import failed ({status}): {}",
-                                String::from_utf8_lossy(&body)
-                            );
-                        }
-                    }
-                })
-            })
-            .collect();
-        for h in hs {
-            h.join()
-                .map_err(|_| anyhow::anyhow!("import thread panicked"))??;
-        }
-        Ok(())
-    })
-}
-
-pub(super) fn task_name(i: usize) -> String {
-    format!("task{i:05}")
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    s.get(s.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
 /// Runs the serving benchmark.
-pub fn run(a: BenchServeArgs) -> Result<()> {
-    if a.vs_raw {
-        return super::serve_vs_raw::run(&a);
-    }
+pub(super) fn run(a: &BenchServeArgs) -> Result<()> {
     let base = a.model.load()?;
     let mut phases_wanted = a.tasks.clone();
     phases_wanted.sort_unstable();
@@ -431,7 +272,7 @@ pub fn run(a: BenchServeArgs) -> Result<()> {
     let _ = std::fs::remove_dir_all(&state);
     let model_dir = base.model.files.dir.clone();
     let gen = SyntheticTasks::new(&base, a.sparsity)?;
-    let mut server = start_server(&a, &model_dir, &state)?;
+    let mut server = start_server(&a.server_flags(), &model_dir, &state)?;
     let rss0 = rss_kib(server.pid)?;
     let mut imported = 0;
     let mut phases = Vec::new();
@@ -446,7 +287,7 @@ pub fn run(a: BenchServeArgs) -> Result<()> {
         }
         imported = imported.max(n);
         drop(server);
-        server = start_server(&a, &model_dir, &state)?;
+        server = start_server(&a.server_flags(), &model_dir, &state)?;
         let rss_start = rss_kib(server.pid)?;
         let names: Vec<String> = (0..n).map(task_name).collect();
         let cold = cold_latencies(&server.addr, &names, a.cold)?;
@@ -454,13 +295,26 @@ pub fn run(a: BenchServeArgs) -> Result<()> {
             "phase: {n} task(s), {} clients, {} popularity, {:.0}s",
             a.clients, a.popularity, a.seconds
         );
-        phases.push(load(&server.addr, &names, &a, server.pid, cold, rss_start)?);
+        phases.push(load(&server.addr, &names, a, server.pid, cold, rss_start)?);
     }
     drop(server);
     let _ = std::fs::remove_dir_all(&state);
     let base_bytes = (base.model.body_parameter_count() * base.dtype.size_in_bytes()) as f64;
+    report(a, base_bytes, gen.size, rss0, &phases)
+}
+
+/// Prints the phases: one JSON document with `--json`, else a table under a line of what was run.
+fn report(
+    a: &BenchServeArgs,
+    base_bytes: f64,
+    graft_size: usize,
+    rss0: u64,
+    phases: &[Phase],
+) -> Result<()> {
     let rps = |p: &Phase| p.requests as f64 / p.seconds;
-    let first = &phases[0];
+    let Some(first) = phases.first() else {
+        bail!("no phases");
+    };
     let per_task_device = |p: &Phase| match (p.resident_bytes, p.resident_tasks) {
         (Some(b), Some(t)) if t > 0.0 => Some(b / t),
         _ => None,
@@ -488,7 +342,7 @@ pub fn run(a: BenchServeArgs) -> Result<()> {
         })
         .collect();
     let v = serde_json::json!({
-        "clients": a.clients, "texts_per_request": a.texts, "graft_size": gen.size,
+        "clients": a.clients, "texts_per_request": a.texts, "graft_size": graft_size,
         "popularity": a.popularity, "device": a.model.device, "dtype": a.model.dtype,
         "base_weight_bytes": base_bytes, "rss_before_tasks_kib": rss0, "phases": list,
     });
@@ -501,7 +355,7 @@ pub fn run(a: BenchServeArgs) -> Result<()> {
         a.clients,
         a.texts,
         a.popularity,
-        gen.size,
+        graft_size,
         base_bytes / 1e6,
         a.model.device,
         a.model.dtype
@@ -519,7 +373,7 @@ pub fn run(a: BenchServeArgs) -> Result<()> {
         "device bytes/task",
     ]);
     let opt = |x: Option<f64>, f: &dyn Fn(f64) -> String| x.map_or("–".into(), f);
-    for p in &phases {
+    for p in phases {
         let dev = per_task_device(p);
         t.row(vec![
             p.tasks.to_string(),
