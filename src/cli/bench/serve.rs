@@ -59,7 +59,7 @@ pub struct BenchServeArgs {
     #[arg(long, default_value_t = 4)]
     import_clients: usize,
     /// Instead of the task-count phases: the server's sentences/s against the raw model's at each of
-    /// --batch-sizes, same texts and threads (--seconds per measurement; see `serve_vs_raw`).
+    /// --batch-sizes, same texts and threads (--seconds per measurement; see `bench::vs_raw`).
     #[arg(long)]
     pub(super) vs_raw: bool,
     /// Texts per model batch for --vs-raw (comma-separated).
