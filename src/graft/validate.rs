@@ -43,17 +43,25 @@ pub struct BaseFacts {
 impl BaseFacts {
     /// The facts of a loaded base model.
     pub fn of(model: &crate::model::weights::LoadedModel) -> Result<Self> {
+        let weights = crate::model::WeightInfo::of(&model.weights);
+        Self::of_parts(&model.config, &weights)
+    }
+
+    /// The facts of a base described without its weights.
+    pub fn of_info(base: &crate::model::BaseInfo) -> Result<Self> {
+        Self::of_parts(&base.config, &base.weights)
+    }
+
+    fn of_parts(
+        config: &crate::model::ModelConfig,
+        weights: &crate::model::WeightInfo,
+    ) -> Result<Self> {
         Ok(Self {
-            content_hash: model.weights.content_hash.clone(),
-            architecture: model.config.architecture()?,
-            hidden: model.config.hidden_size,
-            vocab: model.config.vocab_size,
-            shapes: model
-                .weights
-                .tensors
-                .iter()
-                .map(|(n, t)| (n.clone(), t.dims().to_vec()))
-                .collect(),
+            content_hash: weights.content_hash.clone(),
+            architecture: config.architecture()?,
+            hidden: config.hidden_size,
+            vocab: config.vocab_size,
+            shapes: weights.shapes.clone(),
         })
     }
 }

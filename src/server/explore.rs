@@ -164,7 +164,7 @@ pub async fn task_placement(
     let t = served(&s, &name)?;
     let st = s.clone();
     let grid = tokio::task::spawn_blocking(move || {
-        let region = FlatRegion::new(&t.graft.manifest.region, &st.base.model.weights.tensors)?;
+        let region = FlatRegion::over(&t.graft.manifest.region, &st.base.weights)?;
         Ok::<_, anyhow::Error>((
             placement(&t.graft.entries, &region)?,
             t.graft.size(),
