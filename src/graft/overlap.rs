@@ -203,8 +203,9 @@ pub fn compose_over(
     composed.entries = compose(grafts, &region, rule)?;
     composed.manifest.size = composed.size();
     composed.manifest.method = format!("compose({rule:?})").to_lowercase();
-    composed.manifest.hyper_parameters = serde_json::json!({"members": members, "rule": rule});
-    composed.manifest.metrics = serde_json::json!({});
+    composed.manifest.hyper_parameters =
+        serde_json::from_value(serde_json::json!({"members": members, "rule": rule}))?;
+    composed.manifest.metrics = Some(super::manifest::GraftMetrics::default());
     composed.manifest.created_unix = super::unix_now();
     Ok(composed)
 }

@@ -6,7 +6,6 @@ use super::auth::Caller;
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::AppState;
 use crate::engine::ServedTask;
-use crate::graft::evaluate::VariantReport;
 use crate::graft::placement::placement;
 use crate::graft::FlatRegion;
 use crate::metrics::{ClassificationReport, ReliabilityBin};
@@ -288,11 +287,12 @@ pub async fn task_calibration(
     Path(name): Path<String>,
 ) -> ApiResult<Json<TaskCalibration>> {
     let t = served(&s, &name)?;
-    let variants: Vec<VariantCalibration> = t.graft.manifest.metrics["variants"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|v| serde_json::from_value::<VariantReport>(v.clone()).ok())
+    let variants: Vec<VariantCalibration> = t
+        .graft
+        .manifest
+        .variants()
+        .iter()
+        .filter_map(|v| v.report())
         .map(|v| VariantCalibration {
             before: Curve::from(&v.test),
             after: Curve::from(&v.test_calibrated),
