@@ -317,6 +317,16 @@ pub struct CheckpointFacts {
     pub labels: Option<Vec<String>>,
 }
 
+/// Checks a checkpoint's body alone against a base described without its weights, on the host CPU (a
+/// checkpoint whose head is given with each job): its content hash and `config.json`'s class names.
+pub fn inspect_body(dir: &Path, base: &super::BaseInfo) -> Result<(String, Option<Vec<String>>)> {
+    let model = check_body(dir, &base.config, &base.weights, &Device::Cpu)?;
+    Ok((
+        model.weights.content_hash.clone(),
+        config_labels(&model.config),
+    ))
+}
+
 /// Checks a fine-tuned HF directory against a base described without its weights, as
 /// [`load_finetuned_with`] does, with the checkpoint read on the host CPU and dropped after: names, shapes,
 /// dtypes, head and labels. A prototype head's tensor is not built here (that needs the base's weights);

@@ -133,16 +133,10 @@ pub async fn upload_checkpoint(
                 (facts.content_hash, spec.kind().to_string(), facts.labels)
             }
             (Some(h), None) => {
-                let body = crate::model::checkpoint::check_body(
-                    &unpacked,
-                    &st.base.config,
-                    &st.base.weights,
-                    &candle_core::Device::Cpu,
-                )
-                .map_err(redact)?;
-                let labels = crate::model::checkpoint::config_labels(&body.config);
+                let (hash, labels) =
+                    crate::model::checkpoint::inspect_body(&unpacked, &st.base).map_err(redact)?;
                 (
-                    body.weights.content_hash.clone(),
+                    hash,
                     format!("{} (given with each job)", h.kind_name()),
                     labels,
                 )
