@@ -57,6 +57,11 @@ fn predict(s: &Server, name: &str) -> Resp {
     )
 }
 
+/// Typed graft metrics from JSON.
+fn from_json(v: Value) -> Option<skillgraft::graft::manifest::GraftMetrics> {
+    serde_json::from_value(v).expect("graft metrics")
+}
+
 fn message(r: &Resp) -> String {
     r.json()["error"]["message"]
         .as_str()
@@ -221,29 +226,33 @@ fn invalid_grafts_are_refused_and_never_reach_other_tenants() {
         (
             "calibration 0",
             Box::new(|g| {
-                g.manifest.metrics = json!({"variants": [{"name": "graft", "temperature": 0.0}]})
+                g.manifest.metrics =
+                    from_json(json!({"variants": [{"name": "graft", "temperature": 0.0}]}))
             }),
             "temperature",
         ),
         (
             "calibration 1e-300",
             Box::new(|g| {
-                g.manifest.metrics = json!({"variants": [{"name": "graft", "temperature": 1e-300}]})
+                g.manifest.metrics =
+                    from_json(json!({"variants": [{"name": "graft", "temperature": 1e-300}]}))
             }),
             "temperature",
         ),
         (
             "calibration -5",
             Box::new(|g| {
-                g.manifest.metrics = json!({"variants": [{"name": "graft", "temperature": -5.0}]})
+                g.manifest.metrics =
+                    from_json(json!({"variants": [{"name": "graft", "temperature": -5.0}]}))
             }),
             "temperature",
         ),
         (
             "calibration decision 1e-300",
             Box::new(|g| {
-                g.manifest.metrics =
-                    json!({"calibration": {"method": "temperature", "temperature": 1e-300}})
+                g.manifest.metrics = from_json(
+                    json!({"calibration": {"method": "temperature", "temperature": 1e-300}}),
+                )
             }),
             "temperature",
         ),

@@ -186,8 +186,9 @@ pub(super) fn cmd_compose(a: ComposeArgs) -> Result<()> {
     composed.entries = entries;
     composed.manifest.size = composed.size();
     composed.manifest.method = format!("compose({:?})", a.rule).to_lowercase();
-    composed.manifest.hyper_parameters = serde_json::json!({"members": names, "rule": a.rule});
-    composed.manifest.metrics = serde_json::json!({});
+    composed.manifest.hyper_parameters =
+        serde_json::from_value(serde_json::json!({"members": names, "rule": a.rule}))?;
+    composed.manifest.metrics = serde_json::from_value(serde_json::json!({}))?;
     composed.manifest.created_unix = unix_now();
     let data_dir = a.data_dir.clone().unwrap_or_else(data::data_dir_default);
     let mut rows = Vec::new();
@@ -227,7 +228,7 @@ pub(super) fn cmd_compose(a: ComposeArgs) -> Result<()> {
             "test_examples": split.test.len()}));
     }
     if let Some(out) = &a.out {
-        composed.manifest.metrics = serde_json::json!({"members": rows});
+        composed.manifest.metrics = serde_json::from_value(serde_json::json!({"members": rows}))?;
         composed.save(out)?;
     }
     if a.model.json {

@@ -156,15 +156,30 @@ pub struct Engine {
 impl Engine {
     /// Starts the engine thread, which owns a copy of `base`'s weights in `base.dtype` from now on.
     pub fn start(base: &BaseModel, config: EngineConfig) -> Result<Self> {
+        // The engine's own copy: grafts are written into it in place, so nobody else may share its storage.
+        let tensors = base.model.weights.deep_clone()?.tensors;
+        Self::launch(tensors, base, config)
+    }
+
+    /// Starts the engine thread on `base`'s own weights, which it owns from now on (no copy is made; the
+    /// caller keeps none, so they are resident once: a service keeps a [`BaseInfo`](crate::model::BaseInfo)
+    /// beside the engine instead).
+    pub fn start_owned(base: BaseModel, config: EngineConfig) -> Result<Self> {
+        let mut base = base;
+        let tensors = std::mem::take(&mut base.model.weights.tensors);
+        Self::launch(tensors, &base, config)
+    }
+
+    /// Converts `tensors` (owned by nobody else) to the serving dtype and starts the thread that owns them.
+    fn launch(
+        tensors: BTreeMap<String, candle_core::Tensor>,
+        base: &BaseModel,
+        config: EngineConfig,
+    ) -> Result<Self> {
         let (tx, rx) = sync_channel::<Work>(config.queue_capacity);
         let stats = Arc::new(EngineStats::default());
-        // The engine's own copy: grafts are written into it in place, so nobody else may share its storage.
         let dtype = base.dtype;
-        let tensors: BTreeMap<_, _> = base
-            .model
-            .weights
-            .deep_clone()?
-            .tensors
+        let tensors: BTreeMap<_, _> = tensors
             .into_iter()
             .map(|(k, t)| Ok((k, t.to_dtype(dtype)?)))
             .collect::<Result<_>>()?;

@@ -209,15 +209,15 @@ impl LocalizationJob<'_> {
             region_size: model.region.len(),
             size: loc.mask.len(),
             method: self.options.method.name().to_string(),
-            hyper_parameters: serde_json::to_value(LocalizeOptions {
+            hyper_parameters: serde_json::from_value(serde_json::to_value(LocalizeOptions {
                 sparsity: retention
                     .as_ref()
                     .map_or(self.options.sparsity, |r| r.chosen_point().sparsity),
                 ..self.options.clone()
-            })?,
+            })?)?,
             head,
             task: Some(self.task.clone()),
-            metrics,
+            metrics: serde_json::from_value(metrics)?,
             created_unix: unix_now(),
         };
         let graft = Graft {

@@ -10,6 +10,7 @@ pub mod budget;
 pub mod evaluate;
 pub mod job;
 pub mod localize;
+pub mod manifest;
 pub mod methods;
 pub mod overlap;
 pub mod placement;
@@ -17,83 +18,17 @@ pub mod region;
 pub mod synthetic;
 pub mod validate;
 
-use crate::data::TaskSpec;
-use crate::model::heads::HeadSpec;
 use crate::model::ops::{scatter_set, to_f32_vec};
 use crate::store::{atomic_write, safetensors_bytes, RawTensor};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
+pub use manifest::{BaseRef, GraftManifest};
 pub use region::{FlatRegion, RegionSpec};
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Version of the graft file format.
 pub const GRAFT_FORMAT: u32 = 1;
-
-/// Which base model a graft belongs to.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct BaseRef {
-    /// Human name (directory name).
-    pub name: String,
-    /// SHA-256 of the base's weight files.
-    pub content_hash: String,
-    /// `bert` / `roberta`.
-    pub architecture: String,
-    /// Parameters of the base body (embeddings + encoder + pooler).
-    pub parameters: usize,
-}
-
-/// Everything about a graft except its values.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct GraftManifest {
-    /// File format version.
-    pub format: u32,
-    /// The base model.
-    pub base: BaseRef,
-    /// The region grafting selected from.
-    pub region: RegionSpec,
-    /// Parameters in the region.
-    pub region_size: usize,
-    /// Grafted parameters.
-    pub size: usize,
-    /// Localization method.
-    pub method: String,
-    /// Its hyper-parameters.
-    pub hyper_parameters: serde_json::Value,
-    /// The task head.
-    pub head: HeadSpec,
-    /// The task.
-    pub task: Option<TaskSpec>,
-    /// Measured metrics (free-form, by the command that made the graft).
-    pub metrics: serde_json::Value,
-    /// Creation time, seconds since the Unix epoch.
-    pub created_unix: u64,
-}
-
-impl GraftManifest {
-    /// Graft size as a fraction of the region.
-    pub fn region_fraction(&self) -> f64 {
-        self.size as f64 / self.region_size.max(1) as f64
-    }
-
-    /// Graft size as a fraction of all base body parameters.
-    pub fn model_fraction(&self) -> f64 {
-        self.size as f64 / self.base.parameters.max(1) as f64
-    }
-
-    /// The retention curve the localization job recorded (None for grafts made before retention targets,
-    /// without a budget, or whose record does not parse).
-    pub fn retention(&self) -> Option<budget::Retention> {
-        let r = self.metrics.get("retention")?;
-        if r.is_null() {
-            return None;
-        }
-        serde_json::from_value(r.clone())
-            .ok()
-            .filter(|r: &budget::Retention| r.chosen < r.points.len())
-    }
-}
 
 /// The grafted values of one base tensor.
 #[derive(Debug, Clone, PartialEq)]
@@ -268,8 +203,8 @@ impl Graft {
     /// The budget the graft was localized at, ⌈sparsity · region size⌉, when its hyper-parameters say
     /// (else its size).
     pub fn budget(&self) -> usize {
-        self.manifest.hyper_parameters["sparsity"]
-            .as_f64()
+        self.manifest
+            .sparsity()
             .filter(|s| *s > 0.0 && *s <= 1.0)
             .map_or(self.size(), |s| {
                 localize::budget(s, self.manifest.region_size)

@@ -4,6 +4,7 @@
 use super::placement::layer_key;
 use super::region::module_of;
 use super::{entries_from_mask, FlatRegion, Graft, GraftEntry};
+use crate::model::WeightInfo;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -169,4 +170,42 @@ pub fn compose(
         };
     }
     Ok(entries_from_mask(region, &flat, &values))
+}
+
+/// The region of the first graft over a base described by its tensor shapes (every graft must use it).
+fn region_over(grafts: &[Graft], weights: &WeightInfo) -> Result<FlatRegion> {
+    let Some(first) = grafts.first() else {
+        bail!("no grafts given");
+    };
+    FlatRegion::over(&first.manifest.region, weights)
+}
+
+/// [`overlap`] over a base described by its tensor shapes (no weights needed), in the first graft's region.
+pub fn overlap_over(
+    names: &[String],
+    grafts: &[Graft],
+    weights: &WeightInfo,
+) -> Result<OverlapReport> {
+    overlap(names, grafts, &region_over(grafts, weights)?)
+}
+
+/// A new graft composing `grafts` (named `members`) over a base described by its tensor shapes: the union of
+/// their entries by `rule`, the first member's head and manifest, the method `compose(<rule>)`, the members
+/// and rule as hyper-parameters, no metrics.
+pub fn compose_over(
+    grafts: &[Graft],
+    members: &[String],
+    weights: &WeightInfo,
+    rule: ConflictRule,
+) -> Result<Graft> {
+    let region = region_over(grafts, weights)?;
+    let mut composed = grafts[0].clone();
+    composed.entries = compose(grafts, &region, rule)?;
+    composed.manifest.size = composed.size();
+    composed.manifest.method = format!("compose({rule:?})").to_lowercase();
+    composed.manifest.hyper_parameters =
+        serde_json::from_value(serde_json::json!({"members": members, "rule": rule}))?;
+    composed.manifest.metrics = Some(super::manifest::GraftMetrics::default());
+    composed.manifest.created_unix = super::unix_now();
+    Ok(composed)
 }

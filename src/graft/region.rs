@@ -80,14 +80,33 @@ pub struct FlatRegion {
 impl FlatRegion {
     /// The region of `spec` over a model's tensors.
     pub fn new(spec: &RegionSpec, tensors: &BTreeMap<String, Tensor>) -> Result<Self> {
+        Self::of_shapes(spec, tensors.iter().map(|(n, t)| (n.as_str(), t.dims())))
+    }
+
+    /// The region of `spec` over a base described without its weights.
+    pub fn over(spec: &RegionSpec, weights: &crate::model::WeightInfo) -> Result<Self> {
+        Self::of_shapes(
+            spec,
+            weights
+                .shapes
+                .iter()
+                .map(|(n, s)| (n.as_str(), s.as_slice())),
+        )
+    }
+
+    /// The region of `spec` over tensors given by name and shape, in name order (no values needed).
+    pub fn of_shapes<'a>(
+        spec: &RegionSpec,
+        tensors: impl IntoIterator<Item = (&'a str, &'a [usize])>,
+    ) -> Result<Self> {
         let mut names = Vec::new();
         let mut shapes = Vec::new();
         let mut offsets = vec![0];
-        for (name, t) in tensors {
+        for (name, dims) in tensors {
             if spec.contains(name) {
-                names.push(name.clone());
-                shapes.push(t.dims().to_vec());
-                offsets.push(offsets[offsets.len() - 1] + t.elem_count());
+                names.push(name.to_string());
+                shapes.push(dims.to_vec());
+                offsets.push(offsets[offsets.len() - 1] + dims.iter().product::<usize>());
             }
         }
         if names.is_empty() {

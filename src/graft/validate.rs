@@ -43,17 +43,25 @@ pub struct BaseFacts {
 impl BaseFacts {
     /// The facts of a loaded base model.
     pub fn of(model: &crate::model::weights::LoadedModel) -> Result<Self> {
+        let weights = crate::model::WeightInfo::of(&model.weights);
+        Self::of_parts(&model.config, &weights)
+    }
+
+    /// The facts of a base described without its weights.
+    pub fn of_info(base: &crate::model::BaseInfo) -> Result<Self> {
+        Self::of_parts(&base.config, &base.weights)
+    }
+
+    fn of_parts(
+        config: &crate::model::ModelConfig,
+        weights: &crate::model::WeightInfo,
+    ) -> Result<Self> {
         Ok(Self {
-            content_hash: model.weights.content_hash.clone(),
-            architecture: model.config.architecture()?,
-            hidden: model.config.hidden_size,
-            vocab: model.config.vocab_size,
-            shapes: model
-                .weights
-                .tensors
-                .iter()
-                .map(|(n, t)| (n.clone(), t.dims().to_vec()))
-                .collect(),
+            content_hash: weights.content_hash.clone(),
+            architecture: config.architecture()?,
+            hidden: config.hidden_size,
+            vocab: config.vocab_size,
+            shapes: weights.shapes.clone(),
         })
     }
 }
@@ -124,7 +132,7 @@ pub fn validate(graft: &Graft, base: &BaseFacts) -> Result<()> {
     }
     check_head(graft, base)?;
     check_task(graft)?;
-    check_calibration(&m.metrics)
+    check_calibration(m)
 }
 
 fn check_head(graft: &Graft, base: &BaseFacts) -> Result<()> {
@@ -240,36 +248,30 @@ fn check_task(graft: &Graft) -> Result<()> {
     }
 }
 
-fn check_calibration(metrics: &serde_json::Value) -> Result<()> {
+fn check_calibration(m: &super::GraftManifest) -> Result<()> {
     // The calibration decision `predict` applies (`temperature` when its method is `temperature`).
-    if let Some(d) = metrics.get("calibration").filter(|d| !d.is_null()) {
-        for field in ["temperature", "fitted_temperature"] {
-            match &d[field] {
-                serde_json::Value::Null => {}
-                serde_json::Value::Number(t) => check_range(
+    if let Some(d) = m.calibration() {
+        for (field, t) in [
+            ("temperature", d.temperature),
+            ("fitted_temperature", d.fitted_temperature),
+        ] {
+            if let Some(t) = t {
+                check_range(
                     &format!("stored calibration decision's {field}"),
-                    t.as_f64().unwrap_or(f64::NAN),
+                    t,
                     CALIBRATION_TEMPERATURE,
-                )?,
-                other => {
-                    bail!("stored calibration decision's {field} is {other}, not a number")
-                }
+                )?;
             }
         }
     }
-    let Some(variants) = metrics.get("variants").and_then(|v| v.as_array()) else {
-        return Ok(());
-    };
-    for v in variants {
-        let name = v["name"].as_str().unwrap_or("?");
-        match &v["temperature"] {
-            serde_json::Value::Null => {}
-            serde_json::Value::Number(t) => check_range(
+    for v in m.variants() {
+        if let Some(t) = v.temperature {
+            let name = v.name.as_deref().unwrap_or("?");
+            check_range(
                 &format!("stored calibration temperature of `{name}`"),
-                t.as_f64().unwrap_or(f64::NAN),
+                t,
                 CALIBRATION_TEMPERATURE,
-            )?,
-            other => bail!("stored calibration temperature of `{name}` is {other}, not a number"),
+            )?;
         }
     }
     Ok(())

@@ -7,6 +7,7 @@
 use super::config::{Architecture, ModelConfig};
 use super::export::{HeadManifest, HEAD_MANIFEST, HEAD_TENSORS};
 use super::heads::{HeadSpec, Pooling};
+use super::info::WeightInfo;
 use super::tokenize::TextEncoder;
 use super::weights::{LoadedModel, WeightMap};
 use crate::data::TaskSpec;
@@ -159,13 +160,23 @@ fn check_labels(
 
 /// Loads a checkpoint's body and checks it against the base (config, tensor names, shapes, dtypes).
 pub fn load_body(dir: &Path, base: &LoadedModel, device: &Device) -> Result<LoadedModel> {
+    check_body(dir, &base.config, &WeightInfo::of(&base.weights), device)
+}
+
+/// As [`load_body`], against a base described without its weights.
+pub fn check_body(
+    dir: &Path,
+    config: &ModelConfig,
+    weights: &WeightInfo,
+    device: &Device,
+) -> Result<LoadedModel> {
     let model = LoadedModel::load(dir, device)?;
-    base.config
+    config
         .check_same_network(&model.config)
         .with_context(|| format!("{} does not fit the base model", dir.display()))?;
     model
         .weights
-        .check_matches_base(&base.weights)
+        .check_matches_base(weights)
         .with_context(|| format!("{} does not fit the base model", dir.display()))?;
     Ok(model)
 }
@@ -181,19 +192,22 @@ pub fn load_finetuned(
     load_finetuned_with(dir, base, task, tokenizer, device, None)
 }
 
-/// As [`load_finetuned`], with the head given by the caller when the checkpoint does not carry it (or to
-/// read a body fine-tuned behind another head). A given head whose tensors the checkpoint lacks and that
-/// has no trained parameters (prototype) is built from the base.
-pub fn load_finetuned_with(
+/// A checkpoint's head, task and class names: from its manifest, the head given, or its tensor names;
+/// checked against the task's labels.
+struct Identified {
+    head: HeadSpec,
+    task: Option<TaskSpec>,
+    labels: Option<Vec<String>>,
+}
+
+fn identify(
     dir: &Path,
-    base: &LoadedModel,
+    model: &LoadedModel,
+    arch: Architecture,
     task: Option<&TaskSpec>,
     tokenizer: &TextEncoder,
-    device: &Device,
     given: Option<&HeadSpec>,
-) -> Result<FinetunedModel> {
-    let model = load_body(dir, base, device)?;
-    let arch = base.config.architecture()?;
+) -> Result<Identified> {
     let manifest_path = dir.join(HEAD_MANIFEST);
     let manifest = if manifest_path.is_file() {
         let text = std::fs::read_to_string(&manifest_path)?;
@@ -218,6 +232,15 @@ pub fn load_finetuned_with(
     let labels = config_labels(&model.config);
     let task = task_from_dir.or_else(|| task.cloned());
     check_labels(dir, &head, labels.as_deref(), task.as_ref())?;
+    Ok(Identified { head, task, labels })
+}
+
+/// The checkpoint's tensors with those of its separate head file (when it has one).
+fn all_tensors(
+    dir: &Path,
+    model: &LoadedModel,
+    device: &Device,
+) -> Result<BTreeMap<String, Tensor>> {
     let mut all = model.weights.tensors.clone();
     let extra = dir.join(HEAD_TENSORS);
     if extra.is_file() {
@@ -229,6 +252,32 @@ pub fn load_finetuned_with(
         };
         all.extend(WeightMap::load(&files, device)?.tensors);
     }
+    Ok(all)
+}
+
+fn missing_head_tensor(dir: &Path, name: &str, head: &HeadSpec) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{}: head tensor `{name}` is missing for its {} head: is this a checkpoint with that head? A body fine-tuned behind another head needs that head given (`--head prototype`, or `head` in an upload or a job)",
+        dir.display(),
+        head.kind()
+    )
+}
+
+/// As [`load_finetuned`], with the head given by the caller when the checkpoint does not carry it (or to
+/// read a body fine-tuned behind another head). A given head whose tensors the checkpoint lacks and that
+/// has no trained parameters (prototype) is built from the base.
+pub fn load_finetuned_with(
+    dir: &Path,
+    base: &LoadedModel,
+    task: Option<&TaskSpec>,
+    tokenizer: &TextEncoder,
+    device: &Device,
+    given: Option<&HeadSpec>,
+) -> Result<FinetunedModel> {
+    let model = load_body(dir, base, device)?;
+    let arch = base.config.architecture()?;
+    let Identified { head, task, labels } = identify(dir, &model, arch, task, tokenizer, given)?;
+    let all = all_tensors(dir, &model, device)?;
     let mut head_tensors = BTreeMap::new();
     for name in head.tensor_names(arch) {
         let t = match (all.get(&name), &head) {
@@ -244,11 +293,7 @@ pub fn load_finetuned_with(
                 };
                 super::predict::prototype_tensor(base, &inputs, descriptions)?
             }
-            (None, _) => bail!(
-                "{}: head tensor `{name}` is missing for its {} head: is this a checkpoint with that head? A body fine-tuned behind another head needs that head given (`--head prototype`, or `head` in an upload or a job)",
-                dir.display(),
-                head.kind()
-            ),
+            (None, _) => return Err(missing_head_tensor(dir, &name, &head)),
         };
         head_tensors.insert(name, t);
     }
@@ -257,6 +302,58 @@ pub fn load_finetuned_with(
         head,
         task,
         head_tensors,
+        labels: labels.filter(|l| !generic(l)),
+    })
+}
+
+/// What a checked checkpoint is (see [`inspect`]).
+#[derive(Debug, Clone)]
+pub struct CheckpointFacts {
+    /// SHA-256 of its weight files.
+    pub content_hash: String,
+    /// Its head.
+    pub head: HeadSpec,
+    /// Class names from `config.json`'s `id2label`, when they are real names.
+    pub labels: Option<Vec<String>>,
+}
+
+/// Checks a checkpoint's body alone against a base described without its weights, on the host CPU (a
+/// checkpoint whose head is given with each job): its content hash and `config.json`'s class names.
+pub fn inspect_body(dir: &Path, base: &super::BaseInfo) -> Result<(String, Option<Vec<String>>)> {
+    let model = check_body(dir, &base.config, &base.weights, &Device::Cpu)?;
+    Ok((
+        model.weights.content_hash.clone(),
+        config_labels(&model.config),
+    ))
+}
+
+/// Checks a fine-tuned HF directory against a base described without its weights, as
+/// [`load_finetuned_with`] does, with the checkpoint read on the host CPU and dropped after: names, shapes,
+/// dtypes, head and labels. A prototype head's tensor is not built here (that needs the base's weights);
+/// whoever loads the checkpoint for use builds it.
+pub fn inspect(
+    dir: &Path,
+    base: &super::BaseInfo,
+    task: Option<&TaskSpec>,
+    given: Option<&HeadSpec>,
+) -> Result<CheckpointFacts> {
+    let model = check_body(dir, &base.config, &base.weights, &Device::Cpu)?;
+    let arch = base.config.architecture()?;
+    let Identified { head, labels, .. } =
+        identify(dir, &model, arch, task, &base.tokenizer, given)?;
+    if !matches!(head, HeadSpec::Prototype { .. }) {
+        let all = all_tensors(dir, &model, &Device::Cpu)?;
+        if let Some(name) = head
+            .tensor_names(arch)
+            .into_iter()
+            .find(|n| !all.contains_key(n))
+        {
+            return Err(missing_head_tensor(dir, &name, &head));
+        }
+    }
+    Ok(CheckpointFacts {
+        content_hash: model.weights.content_hash.clone(),
+        head,
         labels: labels.filter(|l| !generic(l)),
     })
 }

@@ -3,7 +3,8 @@
 //! The encoder is our own (not candle-transformers'): candle's fused LayerNorm has no backward pass, so a
 //! model built on it silently trains only its head. Ours is differentiable end to end, on custom ops with
 //! hand-written backward passes, one interface on every device ([`ops`]). Loading: a base model's HF directory
-//! ([`weights`], [`config`]) into a [`BaseModel`] (weights, tokenizer, device, dtype), fine-tuned checkpoints
+//! ([`weights`], [`config`]) into a [`BaseModel`] (weights, tokenizer, device, dtype), or described without its
+//! weights ([`info`]); fine-tuned checkpoints
 //! ([`checkpoint`]); writing fine-tuned models back as HF directories ([`export`]). On top: the [`encoder`], the
 //! task [`heads`] (and [`pooled_head`]: heads that read one pooled vector, evaluated on the host), batched
 //! inference ([`predict`]) over [`tokenize`]d batches.
@@ -13,6 +14,7 @@ pub mod config;
 pub mod encoder;
 pub mod export;
 pub mod heads;
+pub mod info;
 pub mod ops;
 pub mod pooled_head;
 pub mod predict;
@@ -22,6 +24,7 @@ pub mod weights;
 pub use config::{Architecture, ModelConfig};
 pub use encoder::{Encoder, EncoderInput};
 pub use heads::{Classifier, HeadSpec, Pooling, TaskHead};
+pub use info::{BaseInfo, WeightInfo};
 pub use tokenize::{EncodedBatch, TextEncoder, TextInput, TokenizedRow};
 pub use weights::{LoadedModel, ModelFiles, WeightMap};
 
@@ -154,35 +157,7 @@ impl BaseModel {
         temperature: f64,
         pooling: Pooling,
     ) -> Result<HeadSpec> {
-        let n = task.labels.len();
-        Ok(match kind {
-            HeadKind::Prototype => {
-                task.require_for_head(crate::data::HeadNeeds::Prototype)?;
-                HeadSpec::Prototype {
-                    descriptions: task.label_descriptions.clone(),
-                    temperature,
-                }
-            }
-            HeadKind::BertClassifier => HeadSpec::BertClassifier { num_labels: n },
-            HeadKind::RobertaClassifier => HeadSpec::RobertaClassifier { num_labels: n },
-            HeadKind::Linear => HeadSpec::Linear {
-                num_labels: n,
-                pooling,
-            },
-            HeadKind::Prompt => {
-                task.require_for_head(crate::data::HeadNeeds::Prompt)?;
-                let ids = task
-                    .label_words
-                    .iter()
-                    .map(|w| self.tokenizer.label_word_id(w))
-                    .collect::<Result<Vec<_>>>()?;
-                HeadSpec::Prompt {
-                    template: task.template.clone().unwrap_or_default(),
-                    label_words: task.label_words.clone(),
-                    label_word_ids: ids,
-                }
-            }
-        })
+        head_spec_for(&self.tokenizer, kind, task, temperature, pooling)
     }
 
     /// Fresh head tensors for a new task (prototypes computed from this base).
@@ -204,6 +179,45 @@ impl BaseModel {
             ),
         }
     }
+}
+
+/// A head spec of `kind` for a task, label-word ids from `tokenizer`.
+pub(crate) fn head_spec_for(
+    tokenizer: &TextEncoder,
+    kind: HeadKind,
+    task: &crate::data::TaskSpec,
+    temperature: f64,
+    pooling: Pooling,
+) -> Result<HeadSpec> {
+    let n = task.labels.len();
+    Ok(match kind {
+        HeadKind::Prototype => {
+            task.require_for_head(crate::data::HeadNeeds::Prototype)?;
+            HeadSpec::Prototype {
+                descriptions: task.label_descriptions.clone(),
+                temperature,
+            }
+        }
+        HeadKind::BertClassifier => HeadSpec::BertClassifier { num_labels: n },
+        HeadKind::RobertaClassifier => HeadSpec::RobertaClassifier { num_labels: n },
+        HeadKind::Linear => HeadSpec::Linear {
+            num_labels: n,
+            pooling,
+        },
+        HeadKind::Prompt => {
+            task.require_for_head(crate::data::HeadNeeds::Prompt)?;
+            let ids = task
+                .label_words
+                .iter()
+                .map(|w| tokenizer.label_word_id(w))
+                .collect::<Result<Vec<_>>>()?;
+            HeadSpec::Prompt {
+                template: task.template.clone().unwrap_or_default(),
+                label_words: task.label_words.clone(),
+                label_word_ids: ids,
+            }
+        }
+    })
 }
 
 /// Head kinds a user can ask for.

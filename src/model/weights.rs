@@ -219,19 +219,19 @@ impl WeightMap {
 
     /// Checks that `self` (a fine-tuned checkpoint) has every encoder/embedding tensor of `base` with the
     /// same shape and stored dtype; the error names the first mismatch.
-    pub fn check_matches_base(&self, base: &WeightMap) -> Result<()> {
-        for (name, bt) in &base.tensors {
+    pub fn check_matches_base(&self, base: &super::info::WeightInfo) -> Result<()> {
+        for (name, shape) in &base.shapes {
             if !(name.starts_with("embeddings.") || name.starts_with("encoder.")) {
                 continue;
             }
             let Some(t) = self.tensors.get(name) else {
                 bail!("checkpoint does not match the base model: it has no tensor `{name}`");
             };
-            if t.dims() != bt.dims() {
+            if t.dims() != shape.as_slice() {
                 bail!(
                     "checkpoint does not match the base model: `{name}` has shape {:?}, the base has {:?}",
                     t.dims(),
-                    bt.dims()
+                    shape
                 );
             }
             let (a, b) = (self.stored_dtypes.get(name), base.stored_dtypes.get(name));
@@ -245,7 +245,7 @@ impl WeightMap {
         }
         for name in self.tensors.keys() {
             if (name.starts_with("embeddings.") || name.starts_with("encoder."))
-                && !base.tensors.contains_key(name)
+                && !base.shapes.contains_key(name)
             {
                 bail!("checkpoint does not match the base model: the base has no tensor `{name}`");
             }

@@ -8,8 +8,8 @@
 //! skipped; a name given twice, or a pickle file, is refused. Tar, gzip-compressed tar and zip archives are
 //! told apart by their first bytes ([`archive_kind`]).
 
-use crate::model::export::{load_finetuned_with, FinetunedModel};
-use crate::model::BaseModel;
+use crate::model::checkpoint::{inspect, CheckpointFacts};
+use crate::model::BaseInfo;
 use anyhow::{bail, Result};
 use std::collections::BTreeSet;
 use std::io::Read;
@@ -192,19 +192,20 @@ pub fn unpack_file(path: &Path, dest: &Path, max_entries: usize) -> Result<Vec<S
     }
 }
 
-/// Unpacks a checkpoint archive file into `dest` and loads it against `base` (names, shapes, dtypes, head,
-/// labels); a `head` given by the uploader is used when the checkpoint does not carry one.
+/// Unpacks a checkpoint archive file into `dest` and checks it against `base` on the host CPU (names,
+/// shapes, dtypes, head, labels; see [`inspect`]); a `head` given by the uploader is used when the checkpoint
+/// does not carry one.
 pub fn unpack_and_check(
     path: &Path,
     dest: &Path,
-    base: &BaseModel,
+    base: &BaseInfo,
     max_entries: usize,
     head: Option<&crate::model::HeadSpec>,
     task: Option<&crate::data::TaskSpec>,
-) -> Result<(FinetunedModel, Vec<String>)> {
+) -> Result<(CheckpointFacts, Vec<String>)> {
     let files = unpack_file(path, dest, max_entries)?;
-    let ft = load_finetuned_with(dest, &base.model, task, &base.tokenizer, &base.device, head)?;
-    Ok((ft, files))
+    let facts = inspect(dest, base, task, head)?;
+    Ok((facts, files))
 }
 
 #[cfg(test)]

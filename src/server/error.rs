@@ -179,6 +179,19 @@ impl From<crate::engine::EngineError> for ApiError {
     }
 }
 
+impl From<crate::server::jobs::ResolveError> for ApiError {
+    fn from(e: crate::server::jobs::ResolveError) -> Self {
+        use crate::server::jobs::ResolveError;
+        match e {
+            ResolveError::NoCheckpoint(_) | ResolveError::NoDataset(_) => {
+                ApiError::not_found(e.to_string())
+            }
+            ResolveError::Invalid(e) => ApiError::invalid(format!("{e:#}")),
+            ResolveError::Store(e) => ApiError::internal(e),
+        }
+    }
+}
+
 fn body_of(kind: ErrorKind, message: String, request_id: Option<String>) -> axum::Json<ErrorBody> {
     axum::Json(ErrorBody {
         error: ErrorDetail {

@@ -6,7 +6,6 @@ use super::auth::Caller;
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::AppState;
 use crate::engine::ServedTask;
-use crate::graft::evaluate::VariantReport;
 use crate::graft::placement::placement;
 use crate::graft::FlatRegion;
 use crate::metrics::{ClassificationReport, ReliabilityBin};
@@ -164,7 +163,7 @@ pub async fn task_placement(
     let t = served(&s, &name)?;
     let st = s.clone();
     let grid = tokio::task::spawn_blocking(move || {
-        let region = FlatRegion::new(&t.graft.manifest.region, &st.base.model.weights.tensors)?;
+        let region = FlatRegion::over(&t.graft.manifest.region, &st.base.weights)?;
         Ok::<_, anyhow::Error>((
             placement(&t.graft.entries, &region)?,
             t.graft.size(),
@@ -288,11 +287,12 @@ pub async fn task_calibration(
     Path(name): Path<String>,
 ) -> ApiResult<Json<TaskCalibration>> {
     let t = served(&s, &name)?;
-    let variants: Vec<VariantCalibration> = t.graft.manifest.metrics["variants"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|v| serde_json::from_value::<VariantReport>(v.clone()).ok())
+    let variants: Vec<VariantCalibration> = t
+        .graft
+        .manifest
+        .variants()
+        .iter()
+        .filter_map(|v| v.report())
         .map(|v| VariantCalibration {
             before: Curve::from(&v.test),
             after: Curve::from(&v.test_calibrated),

@@ -1,11 +1,14 @@
 //! The HTTP service (axum): one base model, many grafted tasks.
 //!
 //! Handlers parse and validate requests, tokenize off the model thread, and send every forward pass of a served
-//! task to the [`Engine`] over its queue; the engine owns its own copy of the weights (on the serving device, in
-//! the serving dtype). Beside it, [`AppState::base`] holds the base model once more, in f32 and never modified:
-//! handlers read it to check and load uploaded checkpoints ([`api::checkpoints`]), to size the regions behind
-//! overlap, composition and placement, and to describe the model; localization jobs ([`jobs`]) fine-tune their
-//! own working copy from it, each on its own compute pool. Errors become status codes in one place ([`error`]);
+//! task to the [`Engine`] over its queue. The engine is the one owner of the serving weights (on the serving
+//! device, in the serving dtype): they are handed to it at start and no other copy stays resident. Handlers
+//! never hold or load tensors: [`AppState::base`] describes the base without its weights (config,
+//! tokenizer, every tensor's shape and stored dtype), which is what checking an uploaded checkpoint
+//! ([`crate::model::checkpoint::inspect`], on the host CPU off the async runtime) and sizing the regions
+//! behind overlap, composition and placement need. A localization job ([`jobs`]) reads its own f32 copy of
+//! the base from the model's files on its worker thread, fine-tunes it on its own compute pool, and drops it
+//! when it ends. Errors become status codes in one place ([`error`]);
 //! every route is in the OpenAPI document ([`openapi`]), which also says who may call it ([`auth`]). Connections
 //! are served by [`listen`] (header-read timeout, connection cap, shutdown deadline). State lives in a store that
 //! several replicas may share (a directory, or S3-compatible object storage); tasks are loaded from it on demand
@@ -27,7 +30,7 @@ pub mod ui;
 use crate::engine::{Engine, EngineConfig, ServedTask};
 use crate::graft::validate::BaseFacts;
 use crate::graft::Graft;
-use crate::model::BaseModel;
+use crate::model::{BaseInfo, BaseModel};
 use crate::store::service::{ServiceStore, StoreSpec};
 use anyhow::Result;
 use axum::extract::DefaultBodyLimit;
@@ -104,8 +107,8 @@ pub struct ServerConfig {
 pub struct AppState {
     /// Settings.
     pub config: ServerConfig,
-    /// The base model (tokenizer, config; its weights are never modified).
-    pub base: Arc<BaseModel>,
+    /// The base model without its weights (the engine holds those): tokenizer, config, tensor shapes.
+    pub base: Arc<BaseInfo>,
     /// What graft validation checks against.
     pub facts: BaseFacts,
     /// The engine.
@@ -233,7 +236,7 @@ impl AppState {
         let roots = [
             (self.config.data_dir.as_path(), "<state>"),
             (self.config.datasets_dir.as_path(), "<data>"),
-            (self.base.model.files.dir.as_path(), "<model>"),
+            (self.base.files.dir.as_path(), "<model>"),
             (home.as_path(), "<home>"),
         ];
         error::redact_paths(message, &roots)
@@ -273,11 +276,13 @@ pub fn build_state(base: BaseModel, config: ServerConfig) -> Result<Arc<AppState
     )?);
     store.replicas().beat()?;
     let start_seq = store.journal().head()?;
-    let engine = Engine::start(&base, config.engine.clone())?;
-    let facts = BaseFacts::of(&base.model)?;
+    let info = BaseInfo::of(&base);
+    let facts = BaseFacts::of_info(&info)?;
+    // The weights go to the engine: from here on it holds the only copy.
+    let engine = Engine::start_owned(base, config.engine.clone())?;
     let state = Arc::new(AppState {
         jobs: jobs::JobManager::new(config.max_jobs),
-        base: Arc::new(base),
+        base: Arc::new(info),
         facts,
         engine,
         store: store.clone(),

@@ -108,17 +108,16 @@ pub async fn upload_checkpoint(
             task.label_descriptions = h.descriptions.clone().unwrap_or_default();
             Some((h, task))
         });
+        // Checked on the host CPU against the base's description (its weights stay with the engine).
         let (ft_id, head, labels) = match (&head_request, complete) {
             (_, Some((h, task))) => {
                 let spec = h
                     .spec(&st.base, &task)
                     .map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
-                let ft = crate::model::export::load_finetuned_with(
+                let facts = crate::model::checkpoint::inspect(
                     &unpacked,
-                    &st.base.model,
+                    &st.base,
                     Some(&task),
-                    &st.base.tokenizer,
-                    &st.base.device,
                     Some(&spec),
                 )
                 .map_err(redact)?;
@@ -131,36 +130,24 @@ pub async fn upload_checkpoint(
                     serde_json::to_vec_pretty(&manifest).map_err(ApiError::internal)?,
                 )
                 .map_err(ApiError::internal)?;
-                (
-                    ft.model.weights.content_hash.clone(),
-                    spec.kind().to_string(),
-                    ft.labels.clone(),
-                )
+                (facts.content_hash, spec.kind().to_string(), facts.labels)
             }
             (Some(h), None) => {
-                let body =
-                    crate::model::checkpoint::load_body(&unpacked, &st.base.model, &st.base.device)
-                        .map_err(redact)?;
-                let labels = crate::model::checkpoint::config_labels(&body.config);
+                let (hash, labels) =
+                    crate::model::checkpoint::inspect_body(&unpacked, &st.base).map_err(redact)?;
                 (
-                    body.weights.content_hash.clone(),
+                    hash,
                     format!("{} (given with each job)", h.kind_name()),
                     labels,
                 )
             }
             (None, None) => {
-                let ft = crate::model::export::load_finetuned(
-                    &unpacked,
-                    &st.base.model,
-                    None,
-                    &st.base.tokenizer,
-                    &st.base.device,
-                )
-                .map_err(redact)?;
+                let facts = crate::model::checkpoint::inspect(&unpacked, &st.base, None, None)
+                    .map_err(redact)?;
                 (
-                    ft.model.weights.content_hash.clone(),
-                    ft.head.kind().to_string(),
-                    ft.labels.clone(),
+                    facts.content_hash,
+                    facts.head.kind().to_string(),
+                    facts.labels,
                 )
             }
         };

@@ -1,6 +1,7 @@
 //! Overlap of tasks' grafts, and composition of tasks into a new one.
 //!
-//! Overlap takes at most `max_overlap_tasks` names and computes off the async runtime. A composition is
+//! Overlap takes at most `max_overlap_tasks` names and computes off the async runtime, over the base's
+//! tensor shapes ([`overlap_over`], [`compose_over`]: no weights are read). A composition is
 //! all-or-nothing: every member, label and measurement is checked and computed first, on a composed task that
 //! is not yet registered; the new task is stored and registered only when everything succeeded.
 
@@ -8,8 +9,8 @@ use super::predict::{accuracy_of, labelled, LabelledInput};
 use super::tasks::{summary, TaskSummary};
 use super::{blocking, labels_of, task, St};
 use crate::engine::ServedTask;
-use crate::graft::overlap::{compose as compose_grafts, overlap as overlap_of, ConflictRule};
-use crate::graft::{FlatRegion, Graft};
+use crate::graft::overlap::{compose_over, overlap_over, ConflictRule};
+use crate::graft::Graft;
 use crate::server::error::{ApiError, ApiResult, ErrorBody, ErrorKind};
 use crate::server::AppState;
 use axum::extract::{Query, State};
@@ -75,13 +76,8 @@ pub async fn overlap(
     let tasks = members_of(&s, &names)?;
     let st = s.clone();
     let report = blocking(move || {
-        let region = FlatRegion::new(
-            &tasks[0].graft.manifest.region,
-            &st.base.model.weights.tensors,
-        )
-        .map_err(|e| ApiError::invalid(format!("{e:#}")))?;
         let grafts: Vec<Graft> = tasks.iter().map(|t| t.graft.clone()).collect();
-        let report = overlap_of(&names, &grafts, &region)
+        let report = overlap_over(&names, &grafts, &st.base.weights)
             .map_err(|e| ApiError::invalid(format!("{e:#}")))?;
         serde_json::to_value(report).map_err(ApiError::internal)
     })
@@ -204,16 +200,8 @@ pub async fn compose(
     let mems = members.clone();
     let (bytes, graft) = blocking(move || {
         let grafts: Vec<Graft> = mems.iter().map(|t| t.graft.clone()).collect();
-        let mut composed = grafts[0].clone();
-        let region = FlatRegion::new(&composed.manifest.region, &st.base.model.weights.tensors)
+        let composed = compose_over(&grafts, &names, &st.base.weights, rule)
             .map_err(|e| ApiError::invalid(format!("{e:#}")))?;
-        composed.entries = compose_grafts(&grafts, &region, rule)
-            .map_err(|e| ApiError::invalid(format!("{e:#}")))?;
-        composed.manifest.size = composed.size();
-        composed.manifest.method = format!("compose({rule:?})").to_lowercase();
-        composed.manifest.hyper_parameters = serde_json::json!({"members": names, "rule": rule});
-        composed.manifest.metrics = serde_json::json!({});
-        composed.manifest.created_unix = crate::graft::unix_now();
         let bytes = composed.to_bytes().map_err(ApiError::internal)?;
         let graft = st.check_graft(&bytes)?;
         Ok((bytes, graft))

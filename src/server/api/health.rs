@@ -105,13 +105,13 @@ pub struct Info {
 /// The base model, device, threads, limits and version.
 #[utoipa::path(get, path = "/v1/info", security(("api_key" = ["read"])), responses((status = 200, body = Info)))]
 pub async fn info(State(s): St) -> ApiResult<Json<Info>> {
-    let region = FlatRegion::new(&Default::default(), &s.base.model.weights.tensors)
-        .map_err(ApiError::internal)?;
+    let region =
+        FlatRegion::over(&Default::default(), &s.base.weights).map_err(ApiError::internal)?;
     Ok(Json(Info {
         model: s.base.name.clone(),
-        content_hash: s.base.model.weights.content_hash.clone(),
-        architecture: s.base.model.config.model_type.clone(),
-        parameters: s.base.model.body_parameter_count(),
+        content_hash: s.base.weights.content_hash.clone(),
+        architecture: s.base.config.model_type.clone(),
+        parameters: s.base.weights.body_parameter_count(),
         region_parameters: region.len(),
         device: format!("{:?}", s.base.device),
         threads: s.config.engine.threads,

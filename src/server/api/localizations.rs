@@ -29,19 +29,8 @@ pub async fn create_localization(
     let st = s.clone();
     let r = req.clone();
     blocking(move || {
-        let pool = crate::compute_pool(Some(st.config.job_threads)).map_err(ApiError::internal)?;
-        pool.install(|| crate::server::jobs::prepare(&st, &r))
-            .map_err(|e| {
-                let msg = format!("{e:#}");
-                if msg.starts_with("`checkpoint`: no checkpoint")
-                    || msg.starts_with("`dataset`: no data set")
-                {
-                    ApiError::not_found(msg)
-                } else {
-                    ApiError::invalid(msg)
-                }
-            })?;
-        Ok(())
+        let prepared = crate::server::jobs::prepare(&st, &r)?;
+        Ok(prepared.check(&st, &r)?)
     })
     .await?;
     let st = s.clone();

@@ -39,22 +39,21 @@ fn labels_of(t: &ServedTask) -> Vec<String> {
 /// The temperature `predict` applies by default: the one the graft's calibration decision applies (none
 /// when it declined). Grafts made before decisions were recorded keep the temperature fitted on dev.
 pub(crate) fn temperature_of(t: &ServedTask) -> Option<f64> {
-    let metrics = &t.graft.manifest.metrics;
-    if let Some(d) = metrics.get("calibration").filter(|d| d.is_object()) {
-        return (d["method"] == "temperature")
-            .then(|| d["temperature"].as_f64())
+    let m = &t.graft.manifest;
+    if let Some(d) = m.calibration() {
+        return (d.method.as_deref() == Some("temperature"))
+            .then_some(d.temperature)
             .flatten();
     }
-    metrics["variants"]
-        .as_array()?
+    m.variants()
         .iter()
-        .find(|v| v["name"] == "graft")?["temperature"]
-        .as_f64()
+        .find(|v| v.name.as_deref() == Some("graft"))?
+        .temperature
 }
 
 /// Why the task's calibration is what it is (the recorded decision's reason).
 pub(crate) fn calibration_reason(t: &ServedTask) -> String {
-    match t.graft.manifest.metrics["calibration"]["reason"].as_str() {
+    match t.graft.manifest.calibration().and_then(|d| d.reason.as_deref()) {
         Some(r) => r.to_string(),
         None if temperature_of(t).is_some() => {
             "temperature fitted on dev, applied (a graft made before calibration decisions were recorded)"

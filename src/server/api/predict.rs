@@ -389,14 +389,7 @@ async fn dataset_examples(
         split.unwrap_or("test").to_string(),
     );
     blocking(move || {
-        let (info, data) = crate::server::jobs::load_dataset(&st, &id2).map_err(|e| {
-            let msg = format!("{e:#}");
-            if msg.starts_with("`dataset`: no data set") {
-                ApiError::not_found(msg)
-            } else {
-                ApiError::internal(msg)
-            }
-        })?;
+        let (info, data) = crate::server::jobs::load_dataset(&st, &id2)?;
         let rows: Vec<crate::data::Example> = match split.as_str() {
             "train" => data.train,
             "dev" => data.dev,

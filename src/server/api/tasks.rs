@@ -95,18 +95,17 @@ fn task_retention(m: &crate::graft::GraftManifest) -> Option<TaskRetention> {
 /// The summary of a served task.
 pub(super) fn summary(t: &ServedTask) -> TaskSummary {
     let m = &t.graft.manifest;
-    let variants: Vec<serde_json::Value> = m.metrics["variants"]
-        .as_array()
-        .map(|v| {
-            v.iter()
-                .map(|r| {
-                    serde_json::json!({"name": r["name"], "size": r["size"], "accuracy": r["test"]["accuracy"],
-                    "ece": r["test"]["ece"], "ece_bins": r["test"]["ece_bins"],
-                    "ece_after_temperature": r["test_calibrated"]["ece"], "temperature": r["temperature"]})
-                })
-                .collect()
+    let variants: Vec<serde_json::Value> = m
+        .variants()
+        .iter()
+        .map(|r| {
+            let test = r.test.as_ref();
+            serde_json::json!({"name": r.name, "size": r.size, "accuracy": test.and_then(|t| t.accuracy.as_ref()),
+                "ece": test.and_then(|t| t.ece.as_ref()), "ece_bins": test.and_then(|t| t.ece_bins.as_ref()),
+                "ece_after_temperature": r.test_calibrated.as_ref().and_then(|t| t.ece.as_ref()),
+                "temperature": r.temperature})
         })
-        .unwrap_or_default();
+        .collect();
     TaskSummary {
         name: t.name.clone(),
         state: TaskState::Ready,
@@ -120,8 +119,8 @@ pub(super) fn summary(t: &ServedTask) -> TaskSummary {
         temperature: temperature_of(t),
         calibration_reason: calibration_reason(t),
         retention: task_retention(m),
-        metrics: serde_json::json!({"variants": variants, "calibration": m.metrics["calibration"],
-            "retention": m.metrics.get("retention")}),
+        metrics: serde_json::json!({"variants": variants, "calibration": m.calibration(),
+            "retention": m.retention_record()}),
     }
 }
 
