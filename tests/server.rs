@@ -459,3 +459,51 @@ fn full_queue_answers_429_with_retry_after() {
     s.stop();
     let _ = std::fs::remove_dir_all(&work);
 }
+
+#[test]
+fn logs_to_a_pipe_carry_no_colour_codes() {
+    let Some(model) = common::minilm_dir() else {
+        return;
+    };
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let work = tmp("plain-logs");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_skillgraft"))
+        .args(["serve", "--addr", "127.0.0.1:0", "--model"])
+        .arg(&model)
+        .arg("--state-dir")
+        .arg(work.join("state"))
+        .env("SKILLGRAFT_DATA_DIR", common::data_dir())
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start server");
+    // Everything the server writes to its stderr (a pipe) until it says, outside the log, that it listens.
+    let mut log = String::new();
+    let mut reader = BufReader::new(child.stderr.take().expect("stderr"));
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        log.push_str(&line);
+        if line.starts_with("skillgraft listening on http://") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&work);
+    // The log line of the same event (tracing's, at info), so the check below looks at real log output.
+    assert!(
+        log.lines()
+            .any(|l| l.contains("INFO") && l.contains("skillgraft listening on http://")),
+        "no info log line on stderr:\n{log}"
+    );
+    assert!(
+        !log.contains("\x1b["),
+        "log written to a pipe carries ANSI escape codes:\n{log:?}"
+    );
+}

@@ -1,7 +1,8 @@
-//! Safe multi-tenancy (issue 8), over real HTTP against the release binary and the default model: who may
-//! call what (every operation of the OpenAPI document × four callers), graft validation on import, writes
-//! to one name, stored tasks that fail to load, request budgets, shutdown and header deadlines,
-//! all-or-nothing compositions, upload hygiene, and what readers may see.
+//! Safe multi-tenancy (issue 8), over real HTTP against the release binary and the default model: who may call
+//! what (every operation of the OpenAPI document × four callers; the bearer scheme in any case, one
+//! `Authorization` header at most), graft validation on import, writes to one name, stored tasks that fail to
+//! load, request budgets, shutdown and header deadlines, all-or-nothing compositions, upload hygiene, and what
+//! readers may see.
 
 mod common;
 
@@ -165,6 +166,74 @@ fn every_operation_of_the_document_refuses_callers_without_access() {
         b"{}",
     );
     assert_eq!(r.status, 403, "{}", r.text());
+    s.stop();
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+#[test]
+fn the_bearer_scheme_is_case_insensitive_and_one_authorization_header_is_allowed() {
+    let Some(model) = common::minilm_dir() else {
+        return;
+    };
+    let work = tmp("scheme");
+    let s = Server::start(&model, &work.join("state"), &KEYS);
+    let get = |path: &str, auth: &[&str]| {
+        let h: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", *a)).collect();
+        request(&s.addr, "GET", path, &h, b"")
+    };
+    // RFC 9110 §11.1: the scheme is case-insensitive.
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let r = get("/v1/tasks", &[&format!("{scheme} {READER}")]);
+        assert_eq!(r.status, 200, "{scheme}: {}", r.text());
+        // The scheme's case does not change who the caller is: a reader still may not delete.
+        let h = format!("{scheme} {READER}");
+        let r = request(
+            &s.addr,
+            "DELETE",
+            "/v1/tasks/x",
+            &[("Authorization", &h)],
+            b"",
+        );
+        assert_eq!(r.status, 403, "{scheme}: {}", r.text());
+        let h = format!("{scheme} {ADMIN}");
+        let r = request(
+            &s.addr,
+            "DELETE",
+            "/v1/tasks/x",
+            &[("Authorization", &h)],
+            b"",
+        );
+        assert_eq!(r.status, 404, "{scheme}: {}", r.text());
+    }
+    // Other schemes and a wrong key are refused as before.
+    for auth in [
+        format!("Basic {READER}"),
+        format!("bearer{READER}"),
+        "bearer nope".into(),
+    ] {
+        let r = get("/v1/tasks", &[&auth]);
+        assert_eq!(r.status, 401, "{auth}: {}", r.text());
+        assert_eq!(r.json()["error"]["code"], "unauthorized");
+    }
+    // Two `Authorization` headers: which one counts would be a guess, so neither does.
+    let admin = format!("Bearer {ADMIN}");
+    let reader = format!("Bearer {READER}");
+    for pair in [
+        [admin.as_str(), "Bearer nope"],
+        ["Bearer nope", admin.as_str()],
+        [reader.as_str(), reader.as_str()],
+    ] {
+        for path in ["/v1/tasks", "/health"] {
+            let r = get(path, &pair);
+            assert_eq!(r.status, 400, "{path} with {pair:?}: {}", r.text());
+            assert_eq!(r.json()["error"]["code"], "bad_request");
+            assert!(
+                message(&r).contains("more than one `Authorization` header"),
+                "{}",
+                message(&r)
+            );
+        }
+    }
     s.stop();
     let _ = std::fs::remove_dir_all(&work);
 }

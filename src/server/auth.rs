@@ -5,12 +5,14 @@
 //! is built from that document, so the served contract and the enforced one cannot drift apart; an
 //! operation the document does not know (a method not allowed on a route) needs an admin key. Keys are
 //! compared as SHA-256 digests with `subtle`'s constant-time equality, so neither a key's content nor its
-//! length shows in the time a comparison takes.
+//! length shows in the time a comparison takes. A key comes as `Authorization: Bearer <key>`, the scheme in any
+//! case (RFC 9110 §11.1); a request with more than one `Authorization` header is refused with a 400 while keys
+//! are configured, rather than have one of them win.
 
 use super::error::{ApiError, ErrorKind};
 use super::AppState;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, Method};
+use axum::http::{header, HeaderMap, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
@@ -163,11 +165,28 @@ impl Keys {
     }
 }
 
-fn key_of(req: &Request) -> Option<&str> {
-    req.headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+/// The key a request presents: `Ok(None)` without a `Bearer` credential (no `Authorization` header, another
+/// scheme, a value that is not text), a 400 when the request carries more than one `Authorization` header,
+/// since which of them counts would be a guess.
+fn key_of(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ApiError::new(
+            ErrorKind::BadRequest,
+            "more than one `Authorization` header: send exactly one, `Authorization: Bearer <key>`",
+        ));
+    }
+    Ok(value.to_str().ok().and_then(bearer_token))
+}
+
+/// The token of a `Bearer` credential. The scheme is matched in any case (RFC 9110 §11.1: `bearer`, `BEARER`);
+/// the token is everything after the one space that follows it.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token)
 }
 
 /// Middleware: refuses callers without the access the matched operation needs; records a [`Caller`].
@@ -186,7 +205,11 @@ pub async fn authorize(
         Some(p) => state.access.get(p.as_str(), req.method()),
         None => Access::Public,
     };
-    let admin = match key_of(&req).map(|k| keys.check(k)) {
+    let key = match key_of(req.headers()) {
+        Ok(key) => key,
+        Err(e) => return e.into_response(),
+    };
+    let admin = match key.map(|k| keys.check(k)) {
         Some(Some(admin)) => Some(admin),
         Some(None) if need > Access::Public => {
             return ApiError::new(ErrorKind::Unauthorized, "invalid API key").into_response()
@@ -228,6 +251,45 @@ mod tests {
         assert_eq!(k.check("bb"), None);
         // The old comparison took a length difference of 256 for equality when the rest was NUL bytes.
         assert_eq!(k.check(&format!("b{}", "\0".repeat(256))), None);
+    }
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(header::AUTHORIZATION, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_matched_in_any_case() {
+        for v in ["Bearer k", "bearer k", "BEARER k", "bEaReR k"] {
+            assert_eq!(key_of(&headers(&[v])).unwrap(), Some("k"), "{v}");
+        }
+        // Everything after the one space is the token, as before.
+        assert_eq!(key_of(&headers(&["bearer  k"])).unwrap(), Some(" k"));
+        assert_eq!(key_of(&headers(&["Bearer "])).unwrap(), Some(""));
+        for v in ["Basic k", "Bearerk", "Bearer", "Token k", "bearer\tk"] {
+            assert_eq!(key_of(&headers(&[v])).unwrap(), None, "{v}");
+        }
+        assert_eq!(key_of(&headers(&[])).unwrap(), None);
+    }
+
+    #[test]
+    fn two_authorization_headers_are_refused() {
+        for pair in [
+            ["Bearer a", "Bearer b"],
+            ["Bearer a", "Bearer a"],
+            ["Basic x", "Bearer a"],
+        ] {
+            let e = key_of(&headers(&pair)).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::BadRequest, "{pair:?}");
+            assert!(
+                e.message.contains("more than one `Authorization` header"),
+                "{}",
+                e.message
+            );
+        }
     }
 
     #[test]
