@@ -6,7 +6,8 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use skillgraft::data::{Example, FewShotSplit};
-use skillgraft::graft::localize::{localize, top_k, GraftableModel, LocalizeOptions, Method};
+use skillgraft::graft::graftable::{top_k, GraftableModel};
+use skillgraft::graft::localize::{localize, LocalizeOptions, Method};
 use skillgraft::graft::overlap::{compose, overlap, ConflictRule};
 use skillgraft::graft::{entries_from_mask, FlatRegion, Graft, RegionSpec};
 use skillgraft::model::export::{load_finetuned, write_hf_dir};

@@ -6,7 +6,7 @@ use super::output::print_json;
 use super::table::Table;
 use crate::data;
 use crate::graft::evaluate::{evaluate_variants, Variant};
-use crate::graft::localize::GraftableModel;
+use crate::graft::graftable::GraftableModel;
 use crate::graft::Graft;
 use crate::model::export::load_finetuned_with;
 use crate::model::BaseModel;
@@ -138,7 +138,7 @@ pub(super) fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
     let (mask, values) = graft.flat_point(&model.region)?;
     let budget = graft.budget();
     let abs: Vec<f32> = model.delta.iter().map(|d| d.abs()).collect();
-    let base_patch = crate::graft::localize::top_k(&abs, budget);
+    let base_patch = crate::graft::graftable::top_k(&abs, budget);
     let mut variants = vec![("base+head".to_string(), Variant::Mask(&[]))];
     if a.finetuned.is_some() {
         variants.push(("base patch".to_string(), Variant::Mask(&base_patch)));

@@ -2,7 +2,7 @@
 //! the fine-tuned model (full mask), each uncalibrated and with the calibration decided on dev
 //! ([`crate::calibration`]).
 
-use super::localize::{GraftableModel, EVAL_BATCH};
+use super::graftable::{GraftableModel, EVAL_BATCH};
 use crate::calibration::{decide, CalibrationDecision, CalibrationPolicy};
 use crate::data::{Example, FewShotSplit};
 use crate::metrics::{evaluate_logits, ClassificationReport};

@@ -4,7 +4,8 @@
 
 use super::budget::{search, Budget, Retention, SearchSpec};
 use super::evaluate::{evaluate_variants, Variant, VariantReport};
-use super::localize::{localize, GraftableModel, Localization, LocalizeOptions};
+use super::graftable::GraftableModel;
+use super::localize::{localize, Localization, LocalizeOptions};
 use super::{entries_from_mask, unix_now, BaseRef, Graft, GraftManifest, GRAFT_FORMAT};
 use crate::data::{FewShotSplit, TaskSpec};
 use crate::model::export::FinetunedModel;

@@ -3,7 +3,7 @@
 //! baseline. Both work at a fixed budget k, like every method of [`super::localize`], so they compare at
 //! equal size.
 
-use super::localize::{top_k, GraftableModel};
+use super::graftable::{top_k, GraftableModel};
 use crate::model::TextInput;
 use anyhow::Result;
 use rand::SeedableRng;

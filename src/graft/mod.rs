@@ -8,6 +8,7 @@
 
 pub mod budget;
 pub mod evaluate;
+pub mod graftable;
 pub mod job;
 pub mod localize;
 pub mod manifest;

@@ -1,7 +1,8 @@
 //! Synthetic tasks for benchmarks, device checks and tests: distinct random grafts of one sparsity on a base
 //! model, all with the SST-2 prototype head.
 
-use super::localize::{budget, top_k};
+use super::graftable::top_k;
+use super::localize::budget;
 use super::{entries_from_mask, FlatRegion, Graft, HeadTensor, RegionSpec};
 use crate::model::{BaseModel, HeadKind, HeadSpec, Pooling};
 use anyhow::{Context, Result};

@@ -3,7 +3,7 @@
 
 use super::{parse_pair, Cell, FinetuneId, NotCached, Study};
 use crate::graft::evaluate::{evaluate_variants, Variant, VariantReport};
-use crate::graft::localize::{top_k, GraftableModel};
+use crate::graft::graftable::{top_k, GraftableModel};
 use crate::graft::overlap::{compose, overlap, ConflictRule};
 use crate::graft::placement::{layer_key, sort_layer_keys, MODULE_ORDER};
 use crate::graft::region::{module_of, FlatRegion, RegionSpec};
