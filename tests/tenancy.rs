@@ -829,3 +829,78 @@ fn what_a_composition_stores_can_be_imported_again() {
     s.stop();
     let _ = std::fs::remove_dir_all(&work);
 }
+
+/// A tar of the base model's own files: a checkpoint (a body without a head; `?head=prototype`) that costs
+/// no fine-tuning.
+fn base_checkpoint(model: &std::path::Path) -> Vec<u8> {
+    common::checkpoint::tar_of(
+        model,
+        &["config.json", "model.safetensors", "tokenizer.json"],
+        None,
+    )
+}
+
+#[test]
+fn a_checkpoint_uploaded_by_two_admins_stays_until_both_delete_it() {
+    let Some(model) = common::minilm_dir() else {
+        return;
+    };
+    const ADMIN2: &str = "second-admin-key";
+    let work = tmp("ckpt-owners");
+    let state = work.join("state");
+    let keys = format!("{ADMIN},{ADMIN2}");
+    let s = Server::start(&model, &state, &["--api-key", READER, "--admin-key", &keys]);
+    let tar = base_checkpoint(&model);
+    let upload = |key: &str| {
+        let r = call(
+            &s,
+            Some(key),
+            "POST",
+            "/v1/checkpoints?head=prototype",
+            "application/x-tar",
+            &tar,
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+        r.json()["id"].as_str().unwrap().to_string()
+    };
+    let id = upload(ADMIN);
+    // The same key uploading again holds it once; another key shares the same content id.
+    assert_eq!(upload(ADMIN), id);
+    assert_eq!(upload(ADMIN2), id);
+    let path = format!("/v1/checkpoints/{id}");
+    let r = call(&s, Some(ADMIN), "DELETE", &path, "", b"");
+    assert_eq!(r.status, 204, "{}", r.text());
+    // The other uploader still has it.
+    let r = call(&s, Some(READER), "GET", &path, "", b"");
+    assert_eq!(
+        r.status,
+        200,
+        "one admin's delete removed another's upload: {}",
+        r.text()
+    );
+    let listed = call(&s, Some(READER), "GET", "/v1/checkpoints", "", b"").json();
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["id"] == id.as_str()),
+        "{listed}"
+    );
+    // The first admin holds it no more (its two uploads counted once).
+    let r = call(&s, Some(ADMIN), "DELETE", &path, "", b"");
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(call(&s, Some(READER), "GET", &path, "", b"").status, 200);
+    // The last uploader's delete removes it, with its record of uploaders.
+    let r = call(&s, Some(ADMIN2), "DELETE", &path, "", b"");
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert_eq!(call(&s, Some(READER), "GET", &path, "", b"").status, 404);
+    assert_eq!(call(&s, Some(ADMIN2), "DELETE", &path, "", b"").status, 404);
+    assert!(!state.join("checkpoints").join(&id).exists());
+    assert!(!state
+        .join("checkpoint-uploaders")
+        .join(format!("{id}.json"))
+        .exists());
+    s.stop();
+    let _ = std::fs::remove_dir_all(&work);
+}
