@@ -745,3 +745,162 @@ fn readers_see_no_job_inputs_no_task_names_in_metrics_and_no_internal_errors() {
     let _ = std::fs::remove_dir_all(&work);
     let _ = QUERY0;
 }
+
+/// `synthetic(k)` with its entries moved by `shift` columns: grafts with different shifts touch disjoint
+/// coordinates, so a composition of them holds all their entries.
+fn shifted(base: &skillgraft::model::BaseModel, k: usize, shift: u32) -> Vec<u8> {
+    let mut g = grafts::synthetic(base, k);
+    for e in &mut g.entries {
+        for i in &mut e.indices {
+            *i += shift;
+        }
+    }
+    g.to_bytes().unwrap()
+}
+
+#[test]
+fn what_a_composition_stores_can_be_imported_again() {
+    let Some(model) = common::minilm_dir() else {
+        return;
+    };
+    let work = tmp("compose-limit");
+    let state = work.join("state");
+    let limit = 250_000usize;
+    let args = [KEYS.as_slice(), &["--max-graft-bytes", "250000"]].concat();
+    let s = Server::start(&model, &state, &args);
+    let base = grafts::base(&model);
+    // Each member fits the import limit; their union (40,000 entries, 8 bytes each) does not.
+    for (name, shift) in [("big1", 0), ("big2", 1)] {
+        let bytes = shifted(&base, 20_000, shift);
+        assert!(bytes.len() < limit && 2 * bytes.len() > limit);
+        assert_eq!(put_graft(&s, name, &bytes).status, 200);
+    }
+    let r = call(
+        &s,
+        Some(ADMIN),
+        "POST",
+        "/v1/compositions",
+        "application/json",
+        json!({"name": "too-big", "tasks": ["big1", "big2"]})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "payload_too_large");
+    assert!(
+        message(&r).contains("250000"),
+        "names the limit: {}",
+        r.text()
+    );
+    assert!(
+        message(&r).contains("SKILLGRAFT_MAX_GRAFT_BYTES"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(
+        call(&s, Some(READER), "GET", "/v1/tasks/too-big", "", b"").status,
+        404
+    );
+    assert!(
+        !state.join("tasks/too-big.graft").exists(),
+        "nothing stored"
+    );
+    // A composition under the limit round-trips through the import.
+    assert_eq!(
+        put_graft(&s, "small", &shifted(&base, 1_000, 2)).status,
+        200
+    );
+    let r = call(
+        &s,
+        Some(ADMIN),
+        "POST",
+        "/v1/compositions",
+        "application/json",
+        json!({"name": "fits", "tasks": ["big1", "small"]})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let bytes = call(&s, Some(READER), "GET", "/v1/tasks/fits/graft", "", b"").body;
+    assert!(bytes.len() <= limit);
+    let r = put_graft(&s, "fits-again", &bytes);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["graft_size"], 21_000);
+    s.stop();
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+/// A tar of the base model's own files: a checkpoint (a body without a head; `?head=prototype`) that costs
+/// no fine-tuning.
+fn base_checkpoint(model: &std::path::Path) -> Vec<u8> {
+    common::checkpoint::tar_of(
+        model,
+        &["config.json", "model.safetensors", "tokenizer.json"],
+        None,
+    )
+}
+
+#[test]
+fn a_checkpoint_uploaded_by_two_admins_stays_until_both_delete_it() {
+    let Some(model) = common::minilm_dir() else {
+        return;
+    };
+    const ADMIN2: &str = "second-admin-key";
+    let work = tmp("ckpt-owners");
+    let state = work.join("state");
+    let keys = format!("{ADMIN},{ADMIN2}");
+    let s = Server::start(&model, &state, &["--api-key", READER, "--admin-key", &keys]);
+    let tar = base_checkpoint(&model);
+    let upload = |key: &str| {
+        let r = call(
+            &s,
+            Some(key),
+            "POST",
+            "/v1/checkpoints?head=prototype",
+            "application/x-tar",
+            &tar,
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+        r.json()["id"].as_str().unwrap().to_string()
+    };
+    let id = upload(ADMIN);
+    // The same key uploading again holds it once; another key shares the same content id.
+    assert_eq!(upload(ADMIN), id);
+    assert_eq!(upload(ADMIN2), id);
+    let path = format!("/v1/checkpoints/{id}");
+    let r = call(&s, Some(ADMIN), "DELETE", &path, "", b"");
+    assert_eq!(r.status, 204, "{}", r.text());
+    // The other uploader still has it.
+    let r = call(&s, Some(READER), "GET", &path, "", b"");
+    assert_eq!(
+        r.status,
+        200,
+        "one admin's delete removed another's upload: {}",
+        r.text()
+    );
+    let listed = call(&s, Some(READER), "GET", "/v1/checkpoints", "", b"").json();
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["id"] == id.as_str()),
+        "{listed}"
+    );
+    // The first admin holds it no more (its two uploads counted once).
+    let r = call(&s, Some(ADMIN), "DELETE", &path, "", b"");
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(call(&s, Some(READER), "GET", &path, "", b"").status, 200);
+    // The last uploader's delete removes it, with its record of uploaders.
+    let r = call(&s, Some(ADMIN2), "DELETE", &path, "", b"");
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert_eq!(call(&s, Some(READER), "GET", &path, "", b"").status, 404);
+    assert_eq!(call(&s, Some(ADMIN2), "DELETE", &path, "", b"").status, 404);
+    assert!(!state.join("checkpoints").join(&id).exists());
+    assert!(!state
+        .join("checkpoint-uploaders")
+        .join(format!("{id}.json"))
+        .exists());
+    s.stop();
+    let _ = std::fs::remove_dir_all(&work);
+}

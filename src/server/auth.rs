@@ -132,6 +132,38 @@ pub struct Keys {
 pub struct Caller {
     /// Whether the caller may change state and see everything (true when no keys are configured).
     pub admin: bool,
+    /// The configured key the caller presented; None when it presented none or no keys are configured.
+    pub key: Option<KeyId>,
+}
+
+impl Caller {
+    /// Who holds what this caller uploads (a checkpoint): `key-<id>` per key, `open` when the service has no
+    /// keys (every caller is then the same one).
+    pub fn uploader(&self) -> String {
+        match self.key {
+            Some(k) => format!("key-{}", k.hex()),
+            None => "open".into(),
+        }
+    }
+}
+
+/// A stable id of an API key that reveals nothing usable about it: the first 8 bytes of a SHA-256 of the key
+/// under a domain prefix (unlike the digests [`Keys`] compares, which are never written anywhere).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyId([u8; 8]);
+
+impl KeyId {
+    fn of(key: &str) -> Self {
+        let d = Sha256::digest(format!("skillgraft key id\0{key}").as_bytes());
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&d[..8]);
+        Self(id)
+    }
+
+    /// 16 hex digits.
+    pub fn hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
 }
 
 fn digest(key: &str) -> [u8; 32] {
@@ -197,7 +229,10 @@ pub async fn authorize(
 ) -> Response {
     let keys = &state.keys;
     if !keys.enabled() {
-        req.extensions_mut().insert(Caller { admin: true });
+        req.extensions_mut().insert(Caller {
+            admin: true,
+            key: None,
+        });
         return next.run(req).await;
     }
     let need = match req.extensions().get::<MatchedPath>() {
@@ -230,9 +265,11 @@ pub async fn authorize(
         )
         .into_response();
     }
-    req.extensions_mut().insert(Caller {
+    let caller = Caller {
         admin: admin == Some(true),
-    });
+        key: admin.and(key).map(KeyId::of),
+    };
+    req.extensions_mut().insert(caller);
     next.run(req).await
 }
 

@@ -192,6 +192,17 @@ impl From<crate::server::jobs::ResolveError> for ApiError {
     }
 }
 
+impl From<crate::store::service::CheckpointDeleteError> for ApiError {
+    fn from(e: crate::store::service::CheckpointDeleteError) -> Self {
+        use crate::store::service::CheckpointDeleteError;
+        match e {
+            CheckpointDeleteError::Missing(_) => ApiError::not_found(e.to_string()),
+            CheckpointDeleteError::NotHeld(_) => ApiError::conflict(e.to_string()),
+            CheckpointDeleteError::Store(e) => ApiError::internal(e),
+        }
+    }
+}
+
 fn body_of(kind: ErrorKind, message: String, request_id: Option<String>) -> axum::Json<ErrorBody> {
     axum::Json(ErrorBody {
         error: ErrorDetail {

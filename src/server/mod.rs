@@ -75,7 +75,8 @@ pub struct ServerConfig {
     pub max_json_bytes: usize,
     /// Largest checkpoint upload, bytes.
     pub max_upload_bytes: usize,
-    /// Largest graft import (`PUT /v1/tasks/{name}/graft`), bytes.
+    /// Largest graft import (`PUT /v1/tasks/{name}/graft`), bytes; also the largest graft stored any other
+    /// way (a job's, a composition's), so that every stored task can be imported again.
     pub max_graft_bytes: usize,
     /// Largest data set upload (`POST /v1/datasets`), bytes.
     pub max_dataset_bytes: usize,
@@ -183,9 +184,25 @@ impl AppState {
         Ok(graft)
     }
 
-    /// Stores a checked graft as task `name` and registers it. Writes to one name are serialized, and the
-    /// registry changes only after the file is durably in place, so the last acknowledged write is what both
-    /// the registry and the disk hold.
+    /// 413 when a graft file of `bytes` could not be imported again (`PUT /v1/tasks/{name}/graft` refuses a
+    /// body over `max_graft_bytes`): what is stored must be importable, so nothing larger is stored, whichever
+    /// way it was made (import, localization job, composition). `what` names it in the message.
+    pub fn check_importable(&self, what: &str, bytes: &[u8]) -> Result<(), ApiError> {
+        let max = self.config.max_graft_bytes;
+        if bytes.len() <= max {
+            return Ok(());
+        }
+        Err(ApiError::too_large(format!(
+            "{what} would be {} bytes, over the graft import limit of {max} bytes (--max-graft-bytes, \
+             SKILLGRAFT_MAX_GRAFT_BYTES); every stored task must be importable again, so it is not stored",
+            bytes.len()
+        )))
+    }
+
+    /// Stores a checked graft as task `name` and registers it (413, nothing stored, when the file is over the
+    /// import limit: [`Self::check_importable`]). Writes to one name are serialized, and the registry changes
+    /// only after the file is durably in place, so the last acknowledged write is what both the registry and
+    /// the disk hold.
     pub fn store_task(
         &self,
         name: &str,
@@ -193,6 +210,7 @@ impl AppState {
         graft: Graft,
     ) -> Result<Arc<ServedTask>, ApiError> {
         check_name(name)?;
+        self.check_importable(&format!("the graft of task `{name}`"), bytes)?;
         let lock = self.name_lock(name);
         let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
         let ticket = self.registry.ticket();

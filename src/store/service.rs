@@ -7,6 +7,8 @@
 //! jobs/<id>.json              localization jobs' last known state (with the replica running them)
 //! checkpoints/<id>            uploaded fine-tuned checkpoints (HF directories), id = content hash; a directory
 //!                             in a local store, one tar object (`<id>.tar`) in object storage
+//! checkpoint-uploaders/<id>.json  who uploaded checkpoint <id> (one entry per key, however often it uploaded
+//!                             it), written by conditional writes; the checkpoint goes when the last deletes it
 //! datasets/<id>.jsonl         uploaded data sets, normalized (one example per line), id = content hash
 //! datasets/<id>.json          their descriptions (labels, counts, splits)
 //! changes/<n>.json            the change journal
@@ -20,9 +22,11 @@ use super::journal::Journal;
 use super::object::S3Store;
 use super::replicas::Replicas;
 use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 /// Rule for task and checkpoint names, as shown to users.
 pub const NAME_RULE: &str =
@@ -40,6 +44,64 @@ pub fn valid_name(name: &str) -> bool {
 
 /// Change records kept in the journal (a replica that falls further behind reloads everything).
 pub const JOURNAL_KEEP: u64 = 4096;
+
+/// Who holds an uploaded checkpoint (`checkpoint-uploaders/<id>.json`).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Uploaders {
+    /// One entry per uploader (`key-<id>`, or `open` without keys).
+    uploaders: BTreeSet<String>,
+    /// Set (ms since the Unix epoch, the writer's clock) while the last uploader's delete removes the
+    /// checkpoint; an upload meanwhile waits for it, or takes over after [`STALE_REMOVAL`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    removing_since_ms: Option<u64>,
+}
+
+/// A removal marked longer ago than this was abandoned (its replica crashed): no removal of one tree takes
+/// this long.
+pub const STALE_REMOVAL: Duration = Duration::from_secs(30);
+
+/// What deleting a checkpoint for one uploader did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointRelease {
+    /// It was the last uploader's: the checkpoint is gone.
+    Removed,
+    /// Other uploaders still hold it (how many).
+    Kept(usize),
+}
+
+/// Why a checkpoint could not be deleted for an uploader.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointDeleteError {
+    /// No such checkpoint (or it is being removed).
+    #[error("no checkpoint `{0}`")]
+    Missing(String),
+    /// Stored, but uploaded with other keys only.
+    #[error(
+        "checkpoint `{0}` was uploaded with other keys, not this one; it stays until the last of them deletes it"
+    )]
+    NotHeld(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] anyhow::Error),
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn removal_is_stale(since_ms: u64) -> bool {
+    now_ms().saturating_sub(since_ms) > STALE_REMOVAL.as_millis() as u64
+}
+
+fn uploaders_bytes(u: &Uploaders) -> Result<Vec<u8>> {
+    Ok(serde_json::to_vec(u)?)
+}
+
+fn parse_uploaders(key: &str, bytes: &[u8]) -> Result<Uploaders> {
+    serde_json::from_slice(bytes).with_context(|| format!("`{key}` is not a record of uploaders"))
+}
 
 /// Where the state lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -240,15 +302,47 @@ impl ServiceStore {
         self.blobs.delete(&id_key("jobs", id, ".cancel")?)
     }
 
-    /// Stores checkpoint `id`: `fill` writes its files into a fresh directory, which then goes in as one unit.
-    pub fn put_checkpoint(&self, id: &str, fill: &dyn Fn(&Path) -> Result<()>) -> Result<()> {
+    /// Stores checkpoint `id` for `uploader`: `fill` writes its files into a fresh directory, which then goes
+    /// in as one unit. The uploader is recorded first (once, however often it uploads the same checkpoint), so
+    /// a stored checkpoint always has its uploaders; an upload while the last uploader's delete is removing
+    /// the checkpoint waits for that removal to end.
+    pub fn put_checkpoint(
+        &self,
+        id: &str,
+        uploader: &str,
+        fill: &dyn Fn(&Path) -> Result<()>,
+    ) -> Result<()> {
         let key = id_key("checkpoints", id, "")?;
+        let record = id_key("checkpoint-uploaders", id, ".json")?;
         let staging = tempfile::Builder::new()
             .prefix("checkpoint.")
             .tempdir_in(self.scratch_dir())?;
         let dir = staging.path().join(id);
         std::fs::create_dir_all(&dir)?;
         fill(&dir)?;
+        let deadline = Instant::now() + STALE_REMOVAL + Duration::from_secs(5);
+        loop {
+            let (mut u, mode) = match self.blobs.get(&record)? {
+                None => (Uploaders::default(), PutMode::Create),
+                Some((bytes, v)) => (parse_uploaders(&record, &bytes)?, PutMode::Update(v)),
+            };
+            if let Some(since) = u.removing_since_ms {
+                if !removal_is_stale(since) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+                // Abandoned: this upload takes the checkpoint over.
+                u = Uploaders::default();
+            }
+            if u.uploaders.insert(uploader.to_string()) || mode == PutMode::Create {
+                match self.blobs.put(&record, &serde_json::to_vec(&u)?, mode) {
+                    Ok(_) => {}
+                    Err(e) if super::blob::is_conflict(&e) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            break;
+        }
         self.blobs.put_tree(&key, &dir)
     }
 
@@ -266,17 +360,82 @@ impl ServiceStore {
         self.blobs.has_tree(&id_key("checkpoints", id, "")?)
     }
 
-    /// Deletes a checkpoint (and this replica's cached copy); false when it did not exist.
-    pub fn delete_checkpoint(&self, id: &str) -> Result<bool> {
+    /// Deletes checkpoint `id` for `uploader`: it is removed (and this replica's cached copy) when `uploader`
+    /// was the last to hold it, else kept for the others. Every change of its uploaders is one conditional
+    /// write, retried when another replica wrote first. A checkpoint stored before uploaders were recorded
+    /// has none, and goes on any admin's delete.
+    pub fn delete_checkpoint(
+        &self,
+        id: &str,
+        uploader: &str,
+    ) -> Result<CheckpointRelease, CheckpointDeleteError> {
+        let missing = || CheckpointDeleteError::Missing(id.to_string());
         if !valid_name(id) {
-            return Ok(false);
+            return Err(missing());
         }
         let key = id_key("checkpoints", id, "")?;
+        let record = id_key("checkpoint-uploaders", id, ".json")?;
+        loop {
+            let Some((bytes, v)) = self.blobs.get(&record)? else {
+                return match self.remove_checkpoint_tree(&key)? {
+                    true => Ok(CheckpointRelease::Removed),
+                    false => Err(missing()),
+                };
+            };
+            let mut u = parse_uploaders(&record, &bytes)?;
+            match u.removing_since_ms {
+                // Another delete is removing it.
+                Some(since) if !removal_is_stale(since) => return Err(missing()),
+                // An abandoned removal is finished by this one.
+                Some(_) => {}
+                None => {
+                    if !u.uploaders.remove(uploader) {
+                        return Err(if self.blobs.has_tree(&key)? {
+                            CheckpointDeleteError::NotHeld(id.to_string())
+                        } else {
+                            missing()
+                        });
+                    }
+                    if !u.uploaders.is_empty() {
+                        match self
+                            .blobs
+                            .put(&record, &uploaders_bytes(&u)?, PutMode::Update(v))
+                        {
+                            Ok(_) => return Ok(CheckpointRelease::Kept(u.uploaders.len())),
+                            Err(e) if super::blob::is_conflict(&e) => continue,
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                }
+            }
+            // The last uploader: mark the removal (uploads wait for it), remove the tree, then the record.
+            u.uploaders.clear();
+            u.removing_since_ms = Some(now_ms());
+            match self
+                .blobs
+                .put(&record, &uploaders_bytes(&u)?, PutMode::Update(v))
+            {
+                Ok(_) => {}
+                Err(e) if super::blob::is_conflict(&e) => continue,
+                Err(e) => return Err(e.into()),
+            }
+            let existed = self.remove_checkpoint_tree(&key)?;
+            self.blobs.delete(&record)?;
+            return if existed {
+                Ok(CheckpointRelease::Removed)
+            } else {
+                Err(missing())
+            };
+        }
+    }
+
+    /// Removes a checkpoint's tree (and this replica's cached copy); false when it did not exist.
+    fn remove_checkpoint_tree(&self, key: &str) -> Result<bool> {
         if self.remote {
-            let _ = std::fs::remove_dir_all(self.local.join("cache").join(&key));
+            let _ = std::fs::remove_dir_all(self.local.join("cache").join(key));
             let _ = std::fs::remove_file(self.local.join("cache").join(format!("{key}.version")));
         }
-        self.blobs.delete_tree(&key)
+        self.blobs.delete_tree(key)
     }
 
     /// Ids of all stored checkpoints, sorted (a directory of files in a local store, `<id>.tar` in object
@@ -395,6 +554,72 @@ mod tests {
     }
 
     #[test]
+    fn a_checkpoint_stays_until_its_last_uploader_deletes_it() {
+        let d = std::env::temp_dir().join(format!("sg-owners-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let open = |id: &str| {
+            ServiceStore::open(
+                &StoreSpec::Dir(d.join("state")),
+                &d.join(format!("local-{id}")),
+                id.to_string(),
+                Duration::from_secs(5),
+            )
+            .unwrap()
+        };
+        let (a, b) = (open("a"), open("b"));
+        let fill = |dir: &Path| Ok(std::fs::write(dir.join("config.json"), b"{}")?);
+        a.put_checkpoint("c1", "u1", &fill).unwrap();
+        a.put_checkpoint("c1", "u1", &fill).unwrap();
+        b.put_checkpoint("c1", "u2", &fill).unwrap();
+        assert!(matches!(
+            a.delete_checkpoint("c1", "u3"),
+            Err(CheckpointDeleteError::NotHeld(_))
+        ));
+        assert_eq!(
+            a.delete_checkpoint("c1", "u1").unwrap(),
+            CheckpointRelease::Kept(1)
+        );
+        assert!(b.has_checkpoint("c1").unwrap());
+        assert!(matches!(
+            a.delete_checkpoint("c1", "u1"),
+            Err(CheckpointDeleteError::NotHeld(_))
+        ));
+        assert_eq!(
+            b.delete_checkpoint("c1", "u2").unwrap(),
+            CheckpointRelease::Removed
+        );
+        assert!(!a.has_checkpoint("c1").unwrap());
+        assert!(a
+            .blobs()
+            .head("checkpoint-uploaders/c1.json")
+            .unwrap()
+            .is_none());
+        assert!(matches!(
+            b.delete_checkpoint("c1", "u2"),
+            Err(CheckpointDeleteError::Missing(_))
+        ));
+        // An abandoned removal (its replica crashed mid-way) is taken over by the next upload.
+        let stale = Uploaders {
+            uploaders: BTreeSet::new(),
+            removing_since_ms: Some(now_ms() - 2 * STALE_REMOVAL.as_millis() as u64),
+        };
+        a.blobs()
+            .put(
+                "checkpoint-uploaders/c1.json",
+                &serde_json::to_vec(&stale).unwrap(),
+                PutMode::Overwrite,
+            )
+            .unwrap();
+        a.put_checkpoint("c1", "u1", &fill).unwrap();
+        assert!(b.has_checkpoint("c1").unwrap());
+        assert_eq!(
+            b.delete_checkpoint("c1", "u1").unwrap(),
+            CheckpointRelease::Removed
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
     fn tasks_jobs_and_checkpoints_with_changes_recorded() {
         let d = std::env::temp_dir().join(format!("sg-shared-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
@@ -438,7 +663,7 @@ mod tests {
         assert_eq!(b.list_job_ids().unwrap().len(), 1, "a request is no record");
         a.clear_cancel("job-1").unwrap();
         assert!(!b.cancel_requested("job-1").unwrap());
-        a.put_checkpoint("c1", &|dir| {
+        a.put_checkpoint("c1", "u1", &|dir| {
             Ok(std::fs::write(dir.join("config.json"), b"{}")?)
         })
         .unwrap();
@@ -458,7 +683,10 @@ mod tests {
         assert!(a.list_datasets().unwrap().is_empty());
         assert!(a.put_dataset("../x", b"", b"").is_err());
         assert!(a.get_dataset("../x").unwrap().is_none());
-        assert!(b.delete_checkpoint("c1").unwrap());
+        assert_eq!(
+            b.delete_checkpoint("c1", "u1").unwrap(),
+            CheckpointRelease::Removed
+        );
         assert!(!a.has_checkpoint("c1").unwrap());
         a.check().unwrap();
         a.replicas().beat().unwrap();

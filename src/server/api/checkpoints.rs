@@ -1,12 +1,15 @@
 //! Fine-tuned checkpoints uploaded as tar archives: streamed to a scratch directory (removed whatever
 //! happens, also when the request times out or the client leaves), unpacked and checked against the base off
-//! the async runtime ([`crate::server::archive`]), and stored by content hash.
+//! the async runtime ([`crate::server::archive`]), and stored by content hash. Identical uploads share one
+//! checkpoint; the store records which keys uploaded it (once per key), a delete releases it for the caller's
+//! key only, and it is removed when its last uploader deletes it.
 
 use super::{blocking, body_to_file, require_content_type, St};
+use crate::server::auth::Caller;
 use crate::server::error::{ApiError, ApiResult, ErrorBody};
 use crate::server::jobs::HeadRequest;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -51,12 +54,14 @@ const ARCHIVE_TYPES: &[&str] = &[
 /// Upload a fine-tuned checkpoint as a tar, tar.gz or zip archive (config.json + model.safetensors [+ head
 /// and tokenizer files]; other files are ignored); streamed to disk, validated against the base (and its
 /// `id2label` against its classifier), stored by content hash. A checkpoint whose head cannot be told from
-/// its files (a body fine-tuned behind a prototype head) needs `?head=`.
+/// its files (a body fine-tuned behind a prototype head) needs `?head=`. Uploading a checkpoint already
+/// stored shares it (the same id); each key that uploaded it holds it once.
 #[utoipa::path(post, path = "/v1/checkpoints", security(("api_key" = ["admin"])), params(UploadQuery),
     request_body(content = String, description = "A tar, tar.gz or zip archive of the checkpoint directory", content_type = "application/octet-stream"),
     responses((status = 201, body = CheckpointInfo), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn upload_checkpoint(
     State(s): St,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     Query(q): Query<UploadQuery>,
     body: Body,
@@ -167,7 +172,7 @@ pub async fn upload_checkpoint(
             .map(|m| m.len())
             .sum();
         st.store
-            .put_checkpoint(&id, &|d| {
+            .put_checkpoint(&id, &caller.uploader(), &|d| {
                 for f in &files {
                     std::fs::copy(unpacked.join(f), d.join(f))?;
                 }
@@ -261,14 +266,18 @@ pub async fn list_checkpoints(State(s): St) -> ApiResult<Json<Vec<CheckpointInfo
     .await
 }
 
-/// Delete an uploaded checkpoint.
+/// Delete an uploaded checkpoint for the calling key: it is removed when that key was the last to upload it,
+/// and stays for the other keys that uploaded it otherwise (409 for a key that never uploaded it).
 #[utoipa::path(delete, path = "/v1/checkpoints/{id}", security(("api_key" = ["admin"])), params(("id" = String, Path)),
-    responses((status = 204, description = "Deleted"), (status = 404, body = ErrorBody)))]
-pub async fn delete_checkpoint(State(s): St, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    responses((status = 204, description = "Deleted for this key (removed when it was the last to hold it)"),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "Uploaded with other keys only; it stays until they delete it")))]
+pub async fn delete_checkpoint(
+    State(s): St,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     let store = s.store.clone();
-    let id2 = id.clone();
-    match blocking(move || store.delete_checkpoint(&id2).map_err(ApiError::internal)).await? {
-        true => Ok(StatusCode::NO_CONTENT),
-        false => Err(ApiError::not_found(format!("no checkpoint `{id}`"))),
-    }
+    blocking(move || Ok(store.delete_checkpoint(&id, &caller.uploader())?)).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

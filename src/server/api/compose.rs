@@ -3,7 +3,9 @@
 //! Overlap takes at most `max_overlap_tasks` names and computes off the async runtime, over the base's
 //! tensor shapes ([`overlap_over`], [`compose_over`]: no weights are read). A composition is
 //! all-or-nothing: every member, label and measurement is checked and computed first, on a composed task that
-//! is not yet registered; the new task is stored and registered only when everything succeeded.
+//! is not yet registered; the new task is stored and registered only when everything succeeded. A composed
+//! graft larger than the import limit (`max_graft_bytes`) is refused with 413 before any measurement, since
+//! its file could not be imported again.
 
 use super::predict::{accuracy_of, labelled, LabelledInput};
 use super::tasks::{summary, TaskSummary};
@@ -172,7 +174,8 @@ pub struct CompositionResponse {
 }
 
 /// Compose tasks' grafts (union; shared coordinates by rule) into a new task with the first member's head;
-/// with data, report each member's accuracy alone and under it. Nothing is created unless all succeeds.
+/// with data, report each member's accuracy alone and under it. Nothing is created unless all succeeds, and
+/// nothing larger than a graft import may be (413).
 #[utoipa::path(post, path = "/v1/compositions", security(("api_key" = ["admin"])), request_body = CompositionRequest,
     responses((status = 201, body = CompositionResponse), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
         (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
@@ -203,6 +206,15 @@ pub async fn compose(
         let composed = compose_over(&grafts, &names, &st.base.weights, rule)
             .map_err(|e| ApiError::invalid(format!("{e:#}")))?;
         let bytes = composed.to_bytes().map_err(ApiError::internal)?;
+        // Refused before any measurement: what is stored must be importable again.
+        st.check_importable(
+            &format!(
+                "the composed graft ({} entries from {} tasks)",
+                composed.size(),
+                names.len()
+            ),
+            &bytes,
+        )?;
         let graft = st.check_graft(&bytes)?;
         Ok((bytes, graft))
     })

@@ -96,6 +96,20 @@ async fn blocking<T: Send + 'static>(
         .map_err(ApiError::internal)?
 }
 
+/// Whether a body error is a length limit's ([`http_body_util::Limited`], which `DefaultBodyLimit` and
+/// `RequestBodyLimit` put around a body): told by the error's type, found along its source chain (axum wraps
+/// it in one [`axum::Error`] or more), never by its message.
+fn cut_by_length_limit(e: &axum::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
 /// Streams a request body into `file`, refused with `too_large()` once it passes `max` bytes (also when the
 /// server's own body limit cuts it); an interrupted upload is a 400. Returns the bytes written.
 async fn body_to_file(
@@ -110,7 +124,7 @@ async fn body_to_file(
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
-            if format!("{e}").contains("length limit") {
+            if cut_by_length_limit(&e) {
                 too_large()
             } else {
                 ApiError::bad_request(format!("upload interrupted: {e}"))
@@ -123,4 +137,42 @@ async fn body_to_file(
         file.write_all(&chunk).map_err(ApiError::internal)?;
     }
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::error::ErrorKind;
+    use axum::body::{Body, Bytes};
+
+    async fn upload(body: Body, max: usize) -> ApiResult<usize> {
+        let mut file = tempfile::tempfile().unwrap();
+        body_to_file(body, &mut file, max, || ApiError::too_large("too large")).await
+    }
+
+    #[tokio::test]
+    async fn a_body_cut_by_a_length_limit_is_413() {
+        let limited = http_body_util::Limited::new(Body::from(vec![0u8; 100]), 10);
+        let e = upload(Body::new(limited), 1000).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::TooLarge, "{}", e.message);
+        // Past `max` itself.
+        let e = upload(Body::from(vec![0u8; 100]), 10).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::TooLarge, "{}", e.message);
+        assert_eq!(upload(Body::from(vec![0u8; 100]), 100).await.unwrap(), 100);
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_body_is_400_whatever_its_message_says() {
+        let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+            Ok(Bytes::from_static(b"abc")),
+            Err(std::io::Error::other(
+                "connection reset: proxy length limit hit",
+            )),
+        ];
+        let e = upload(Body::from_stream(futures::stream::iter(chunks)), 1000)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::BadRequest, "{}", e.message);
+        assert!(e.message.starts_with("upload interrupted"), "{}", e.message);
+    }
 }
