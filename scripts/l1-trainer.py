@@ -8,7 +8,7 @@ few parameters. `L1Trainer` is a drop-in `transformers.Trainer` subclass; run th
 complete SST-2-style example on a CSV/TSV with `sentence,label` columns.
 
     pip install torch "transformers[torch]"
-    python scripts/l1-trainer.py --model PATH_TO_all-MiniLM-L6-v2 --train train.tsv --out ckpt --l1 1e-4
+    python scripts/l1-trainer.py --model PATH_TO_all-MiniLM-L6-v2 --train train.tsv --out ckpt --l1 1e-5
     skillgraft localize --finetuned ckpt --task sst2      # the budget search reports what a graft keeps
 
 The head (classifier, pooler) is not penalized: it is the task's own and always comes with the graft.
@@ -26,7 +26,8 @@ from transformers import (AutoModelForSequenceClassification, AutoTokenizer, Dat
 class L1Trainer(Trainer):
     """A Trainer whose loss adds l1 * Σ|θ − θ_pre| over the parameters present at construction (the body)."""
 
-    def __init__(self, *args, l1=1e-4, penalize=lambda name: not name.startswith(("classifier", "pooler")), **kw):
+    def __init__(self, *args, l1=1e-5, penalize=lambda name: not {"classifier", "pooler"} & set(name.split(".")),
+                 **kw):
         super().__init__(*args, **kw)
         self.l1 = l1
         self.anchors = {n: p.detach().clone() for n, p in self.model.named_parameters()
@@ -52,15 +53,18 @@ def main():
     ap.add_argument("--model", required=True, help="the base model directory (the one skillgraft serves)")
     ap.add_argument("--train", required=True, help="CSV/TSV with sentence,label columns")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--l1", type=float, default=1e-4, help="λ of the L1 penalty (0 = plain AdamW)")
+    ap.add_argument("--l1", type=float, default=1e-5,
+                    help="λ of the L1 penalty (0 = plain AdamW); 1e-4 stopped SST-2 from learning, see docs/checkpoints.md")
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--num-labels", type=int, default=2)
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--dropout", type=float, default=None, help="dropout of the body (default: the model's own)")
     a = ap.parse_args()
     tok = AutoTokenizer.from_pretrained(a.model)
-    model = AutoModelForSequenceClassification.from_pretrained(a.model, num_labels=a.num_labels)
+    drop = {} if a.dropout is None else {"hidden_dropout_prob": a.dropout, "attention_probs_dropout_prob": a.dropout}
+    model = AutoModelForSequenceClassification.from_pretrained(a.model, num_labels=a.num_labels, **drop)
     rows = read_rows(a.train)
 
     class Data(torch.utils.data.Dataset):

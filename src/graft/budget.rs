@@ -525,7 +525,7 @@ pub fn explain(r: &mut Retention, method: Method) {
             }
             if method != Method::Dare {
                 advice.push(
-                    "method `dare` (k values drawn at random, Δ rescaled by N/k) kept 90–96% of the gain at 1e-2 of the body on AdamW fine-tunes where the top-|Δ| patch kept 18–70% (docs/adamw-checkpoints.md)"
+                    "method `dare` (k values drawn at random, Δ rescaled by N/k) kept 90–101% of the gain at 1e-2 of the body on four AdamW fine-tunes where the top-|Δ| patch kept 18–58% (docs/adamw-checkpoints.md)"
                         .into(),
                 );
             }

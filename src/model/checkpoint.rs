@@ -7,8 +7,8 @@
 use super::config::{Architecture, ModelConfig};
 use super::export::{HeadManifest, HEAD_MANIFEST, HEAD_TENSORS};
 use super::heads::{HeadSpec, Pooling};
-use super::info::WeightInfo;
 use super::tokenize::TextEncoder;
+use super::weights::WeightInfo;
 use super::weights::{LoadedModel, WeightMap};
 use crate::data::TaskSpec;
 use anyhow::{bail, Context, Result};

@@ -1,50 +1,14 @@
 //! A base model described without its weights: its files, config, tokenizer, device and dtype, and every
-//! tensor's shape and stored dtype ([`WeightInfo`]). A process that hands its weights to one owner (the
+//! tensor's shape and stored dtype ([`WeightInfo`], defined beside the weights it describes). A process that hands its weights to one owner (the
 //! service gives them to its engine) keeps this beside it: enough to check uploads and grafts against the
 //! base, to size regions, and to read the weights again from the files when a job needs its own copy.
 
 use super::heads::{HeadSpec, Pooling};
 use super::tokenize::TextEncoder;
-use super::weights::{LoadedModel, ModelFiles, WeightMap};
+use super::weights::{LoadedModel, ModelFiles, WeightInfo};
 use super::{BaseModel, HeadKind, ModelConfig};
 use anyhow::{bail, Result};
 use candle_core::{DType, Device};
-use std::collections::BTreeMap;
-
-/// Every tensor's shape and stored dtype, by canonical name, and the weight files' content hash.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WeightInfo {
-    /// Shape of every tensor.
-    pub shapes: BTreeMap<String, Vec<usize>>,
-    /// Stored dtype of every tensor, as safetensors names it.
-    pub stored_dtypes: BTreeMap<String, String>,
-    /// SHA-256 of the weight files.
-    pub content_hash: String,
-}
-
-impl WeightInfo {
-    /// The shapes and dtypes of loaded weights.
-    pub fn of(weights: &WeightMap) -> Self {
-        Self {
-            shapes: weights
-                .tensors
-                .iter()
-                .map(|(n, t)| (n.clone(), t.dims().to_vec()))
-                .collect(),
-            stored_dtypes: weights.stored_dtypes.clone(),
-            content_hash: weights.content_hash.clone(),
-        }
-    }
-
-    /// Number of values in the body tensors (embeddings, encoder, pooler).
-    pub fn body_parameter_count(&self) -> usize {
-        self.shapes
-            .iter()
-            .filter(|(n, _)| super::weights::is_body_name(n))
-            .map(|(_, s)| s.iter().product::<usize>())
-            .sum()
-    }
-}
 
 /// A base model without its weights.
 #[derive(Clone)]

@@ -24,8 +24,9 @@ pub mod weights;
 pub use config::{Architecture, ModelConfig};
 pub use encoder::{Encoder, EncoderInput};
 pub use heads::{Classifier, HeadSpec, Pooling, TaskHead};
-pub use info::{BaseInfo, WeightInfo};
+pub use info::BaseInfo;
 pub use tokenize::{EncodedBatch, TextEncoder, TextInput, TokenizedRow};
+pub use weights::WeightInfo;
 pub use weights::{LoadedModel, ModelFiles, WeightMap};
 
 use anyhow::{bail, Result};

@@ -219,7 +219,7 @@ impl WeightMap {
 
     /// Checks that `self` (a fine-tuned checkpoint) has every encoder/embedding tensor of `base` with the
     /// same shape and stored dtype; the error names the first mismatch.
-    pub fn check_matches_base(&self, base: &super::info::WeightInfo) -> Result<()> {
+    pub fn check_matches_base(&self, base: &WeightInfo) -> Result<()> {
         for (name, shape) in &base.shapes {
             if !(name.starts_with("embeddings.") || name.starts_with("encoder.")) {
                 continue;
@@ -326,6 +326,41 @@ impl LoadedModel {
     /// Number of encoder parameters (embeddings + layers + pooler).
     pub fn body_parameter_count(&self) -> usize {
         self.weights.numel(self.weights.body_names().iter())
+    }
+}
+
+/// Every tensor's shape and stored dtype, by canonical name, and the weight files' content hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WeightInfo {
+    /// Shape of every tensor.
+    pub shapes: BTreeMap<String, Vec<usize>>,
+    /// Stored dtype of every tensor, as safetensors names it.
+    pub stored_dtypes: BTreeMap<String, String>,
+    /// SHA-256 of the weight files.
+    pub content_hash: String,
+}
+
+impl WeightInfo {
+    /// The shapes and dtypes of loaded weights.
+    pub fn of(weights: &WeightMap) -> Self {
+        Self {
+            shapes: weights
+                .tensors
+                .iter()
+                .map(|(n, t)| (n.clone(), t.dims().to_vec()))
+                .collect(),
+            stored_dtypes: weights.stored_dtypes.clone(),
+            content_hash: weights.content_hash.clone(),
+        }
+    }
+
+    /// Number of values in the body tensors (embeddings, encoder, pooler).
+    pub fn body_parameter_count(&self) -> usize {
+        self.shapes
+            .iter()
+            .filter(|(n, _)| is_body_name(n))
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum()
     }
 }
 

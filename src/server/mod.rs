@@ -23,6 +23,7 @@ pub mod jobs;
 pub mod listen;
 pub mod metrics;
 pub mod openapi;
+pub mod redact;
 pub mod registry;
 pub mod sync;
 pub mod ui;
@@ -257,7 +258,7 @@ impl AppState {
             (self.base.files.dir.as_path(), "<model>"),
             (home.as_path(), "<home>"),
         ];
-        error::redact_paths(message, &roots)
+        redact::redact_paths(message, &roots)
     }
 }
 

@@ -99,7 +99,8 @@ pub async fn upload_checkpoint(
         std::fs::create_dir_all(&unpacked).map_err(ApiError::internal)?;
         let redact = |e: anyhow::Error| {
             let msg = format!("{e:#}");
-            let msg = crate::server::error::redact_paths(&msg, &[(unpacked.as_path(), "<upload>")]);
+            let msg =
+                crate::server::redact::redact_paths(&msg, &[(unpacked.as_path(), "<upload>")]);
             ApiError::invalid(st.redact(&msg))
         };
         let files =

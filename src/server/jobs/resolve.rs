@@ -252,7 +252,7 @@ impl Prepared {
         r: &LocalizationRequest,
         e: anyhow::Error,
     ) -> ResolveError {
-        let msg = crate::server::error::redact_paths(
+        let msg = crate::server::redact::redact_paths(
             &format!("{e:#}"),
             &[(self.checkpoint.as_path(), "<checkpoint>")],
         );
