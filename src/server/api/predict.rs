@@ -70,14 +70,15 @@ impl RequestLimits {
     }
 }
 
-/// Checks the number of inputs (400 when empty, 413 beyond the limit).
-pub fn check_inputs(n: usize, limits: RequestLimits) -> ApiResult<()> {
+/// Checks the number of texts in the request's field `field` (`inputs`, `examples`): 400 when empty, 413
+/// beyond the limit; the message names the field.
+pub fn check_inputs(field: &str, n: usize, limits: RequestLimits) -> ApiResult<()> {
     if n == 0 {
-        return Err(ApiError::bad_request("`inputs` is empty"));
+        return Err(ApiError::bad_request(format!("`{field}` is empty")));
     }
     if n > limits.max_inputs {
         return Err(ApiError::too_large(format!(
-            "{n} inputs; at most {} per request",
+            "{n} {field}; at most {} per request",
             limits.max_inputs
         )));
     }
@@ -114,7 +115,7 @@ pub struct PredictResponse {
 
 /// Model inputs of a task's examples (the prompt head fills its template).
 fn to_texts(s: &AppState, t: &ServedTask, inputs: Vec<PredictInput>) -> ApiResult<Vec<TextInput>> {
-    check_inputs(inputs.len(), RequestLimits::of(s))?;
+    check_inputs("inputs", inputs.len(), RequestLimits::of(s))?;
     let examples: Vec<Example> = inputs
         .into_iter()
         .map(|i| match i {
@@ -322,7 +323,7 @@ impl EvaluateRequest {
                 "give `examples` or `dataset`, not both",
             )),
             (Some(_), true) => Ok(()),
-            (None, _) => check_inputs(self.examples.len(), limits),
+            (None, _) => check_inputs("examples", self.examples.len(), limits),
         }
     }
 }
@@ -490,4 +491,30 @@ pub async fn evaluate(
         examples: ids.len(),
         report,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn evaluate_request(examples: serde_json::Value) -> EvaluateRequest {
+        serde_json::from_value(serde_json::json!({ "examples": examples }))
+            .expect("a valid request")
+    }
+
+    #[test]
+    fn an_empty_or_oversized_evaluation_names_examples() {
+        let limits = RequestLimits {
+            max_inputs: 1,
+            max_tokens: 100,
+        };
+        let empty = evaluate_request(serde_json::json!([])).check(limits);
+        let e = empty.expect_err("no examples is refused");
+        assert_eq!(e.message, "`examples` is empty");
+        let two = serde_json::json!([{"text": "a", "label": "x"}, {"text": "b", "label": "y"}]);
+        let e = evaluate_request(two)
+            .check(limits)
+            .expect_err("over the limit");
+        assert!(e.message.starts_with("2 examples;"), "{}", e.message);
+    }
 }
