@@ -40,7 +40,7 @@ fuzz_target!(init: {
     match kind % 4 {
         0 => {
             if let Ok(r) = serde_json::from_slice::<PredictRequest>(body) {
-                if check_inputs(r.inputs.len(), LIMITS).is_ok() {
+                if check_inputs("inputs", r.inputs.len(), LIMITS).is_ok() {
                     assert!((1..=LIMITS.max_inputs).contains(&r.inputs.len()));
                 }
             }
