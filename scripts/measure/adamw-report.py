@@ -125,34 +125,21 @@ def report(a):
                 for part in ("dev", "test") for anchor in ("base", "finetuned")) + " |")
     o.append("")
 
-    o.append("## Gap recovered (dev, %) against graft size\n")
     rungs = sorted({p["sparsity"] for d in curves.values() for p in d["retention"]["points"]})
-    o.append("| task | recipe | method | " + " | ".join(fmt_size(s) for s in rungs) + " |")
-    o.append("|---|---|---|" + "---:|" * len(rungs))
-    for t in tasks:
-        for r in recipes:
-            for m in methods:
-                src = [d for (tt, s, rr, mm), d in curves.items()
-                       if tt == t and rr == r and (mm == m or (m == "magnitude" and mm == asked[0]))]
-                if not src:
-                    continue
-                cells = [pct([points(d, m).get(s, {}).get("retained") for d in src]) for s in rungs]
-                o.append(f"| {t} | {r} | {m} | " + " | ".join(cells) + " |")
-    o.append("")
-
-    o.append("## Test accuracy (%) against graft size\n")
-    o.append("| task | recipe | method | " + " | ".join(fmt_size(s) for s in rungs) + " |")
-    o.append("|---|---|---|" + "---:|" * len(rungs))
-    for t in tasks:
-        for r in recipes:
-            for m in methods:
-                src = [d for (tt, s, rr, mm), d in curves.items()
-                       if tt == t and rr == r and (mm == m or (m == "magnitude" and mm == asked[0]))]
-                if not src:
-                    continue
-                cells = [pct([points(d, m).get(s, {}).get("test_accuracy") for d in src]) for s in rungs]
-                o.append(f"| {t} | {r} | {m} | " + " | ".join(cells) + " |")
-    o.append("")
+    for title, field in (("Gap recovered (dev, %)", "retained"), ("Test accuracy (%)", "test_accuracy")):
+        o.append(f"## {title} against graft size\n")
+        o.append("| task | recipe | method | " + " | ".join(fmt_size(s) for s in rungs) + " |")
+        o.append("|---|---|---|" + "---:|" * len(rungs))
+        for t in tasks:
+            for r in recipes:
+                for m in methods:
+                    src = [d for (tt, s, rr, mm), d in curves.items()
+                           if tt == t and rr == r and (mm == m or (m == "magnitude" and mm == asked[0]))]
+                    if not src:
+                        continue
+                    cells = [pct([points(d, m).get(s, {}).get(field) for d in src]) for s in rungs]
+                    o.append(f"| {t} | {r} | {m} | " + " | ".join(cells) + " |")
+        o.append("")
 
     o.append("## Smallest graft keeping 95% of the dev gap, per checkpoint\n")
     o.append("A share is noise when fine-tuning gained little on dev: the *dev gain* column says how many points "
